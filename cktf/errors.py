@@ -1,0 +1,24 @@
+"""User-facing errors. The CLI turns each into one clear message and exit code 2.
+
+Every message names the offending field and how to fix it, and is raised before any
+expensive work (decoding, training) starts.
+"""
+
+from __future__ import annotations
+
+
+class CKTFError(Exception):
+    """Base class of errors caused by the user's input, not by a bug."""
+
+
+class ConfigError(CKTFError, ValueError):
+    """A config field has a bad value: ``ConfigError("train.epochs", "must be >= 1", "pass --epochs 10")``."""
+
+    def __init__(self, field: str, problem: str, fix: str = ""):
+        self.field, self.problem, self.fix = field, problem, fix
+        msg = f"{field}: {problem}"
+        super().__init__(msg + (f" (fix: {fix})" if fix else ""))
+
+
+class DataNotFoundError(CKTFError, FileNotFoundError):
+    """A dataset is not where the data root says; the message says where it is expected and how to get it."""
