@@ -1,0 +1,118 @@
+"""One training epoch and one evaluation pass: the single loop shared by teachers and students.
+
+Loss terms and accuracy are accumulated on the device; the host only synchronises every
+``sync_every`` steps (progress bar, non-finite check) and at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..distillers import Distiller
+
+SYNC_EVERY = 25
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN/inf: the run stops with the terms' names and the epoch."""
+
+
+def autocast(device: torch.device, bf16: bool):
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _check_finite(sums: Mapping[str, Tensor], where: str) -> dict[str, float]:
+    values = {k: float(v) for k, v in sums.items()}
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite loss term(s) {', '.join(bad)} {where}; lower the learning rate or the term's weight"
+        )
+    return values
+
+
+def train_one_epoch(
+    distiller: Distiller,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    epoch: int,
+    bf16: bool = False,
+    max_steps: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Train for one epoch; returns mean loss terms (``loss/<term>``), ``train_acc``, timing and throughput."""
+    distiller.train()
+    total = len(loader) if not max_steps else min(max_steps, len(loader))
+    sums: dict[str, Tensor] = {}
+    correct = torch.zeros((), device=device)
+    seen = 0
+    start = time.perf_counter()
+    bar = _progress(loader, total, f"epoch {epoch}", progress)
+    for step, batch in enumerate(bar):
+        if step >= total:
+            break
+        with autocast(device, bf16):
+            out = distiller(batch)
+        loss = sum(out.losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = batch["image"].shape[0]
+        seen += n
+        for k, v in out.losses.items():
+            sums[k] = sums.get(k, 0) + v.detach().float() * n
+        if "target" in batch and distiller.cfg.gamma > 0:
+            correct += (out.logits.detach().argmax(1) == batch["target"]).sum()
+        if (step + 1) % SYNC_EVERY == 0:
+            vals = _check_finite(sums, f"at epoch {epoch}, step {step}")
+            if progress:
+                bar.set_postfix(loss=f"{sum(vals.values()) / seen:.3f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    vals = _check_finite(sums, f"at the end of epoch {epoch}")
+    metrics = {f"loss/{k}": v / max(seen, 1) for k, v in vals.items()}
+    metrics["loss/total"] = sum(metrics.values())
+    if distiller.cfg.gamma > 0:
+        metrics["train_acc"] = 100.0 * float(correct) / max(seen, 1)
+    metrics["epoch_time_s"] = elapsed
+    metrics["images_per_s"] = seen / elapsed if elapsed > 0 else 0.0
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, bf16: bool = False) -> dict[str, float]:
+    """Top-1/top-5 accuracy (%) and mean cross-entropy of ``model`` on a labeled split."""
+    model.eval()
+    correct1 = torch.zeros((), device=device)
+    correct5 = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device)
+    n = 0
+    for batch in loader:
+        with autocast(device, bf16):
+            logits = model(batch["image"]).float()
+        target = batch["target"]
+        loss += nn.functional.cross_entropy(logits, target, reduction="sum")
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == target).sum()
+        correct5 += (top == target[:, None]).any(1).sum()
+        n += target.shape[0]
+    return {"acc": 100.0 * float(correct1) / n, "acc5": 100.0 * float(correct5) / n, "loss": float(loss) / n}

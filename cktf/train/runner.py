@@ -1,0 +1,334 @@
+"""A single training run, end to end: validate, load data, build models, train, checkpoint.
+
+Teacher training and student distillation are the same code path; they differ only in the
+distiller (``ce`` with no teacher vs any other registered method). Every check that can fail
+on user input runs before the dataset is decoded or a step is taken.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import DATASETS, BatchLoader, ContrastConfig, Splits, load_splits
+from ..distillers import DISTILLERS, DistillContext, Distiller, build_distiller
+from ..errors import ConfigError
+from ..models import MODELS, DistillModel, create_model
+from .callbacks import Callback
+from .checkpoint import atomic_torch_save, load_model, load_state, read_weights_meta, save_model_weights
+from .config import RunConfig
+from .engine import autocast, evaluate, train_one_epoch
+
+log = logging.getLogger("cktf")
+
+#: config fields that may change when a run is resumed (everything else must match)
+RESUMABLE_CHANGES = {"train.epochs", "train.progress", "train.device", "resume"}
+
+
+@dataclass
+class Prepared:
+    """What :func:`prepare_run` checked and built; :func:`fit` consumes it."""
+
+    cfg: RunConfig
+    splits: Splits
+    distiller: Distiller
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("train.device", f"{name} requested but CUDA is not available", "use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def validate_names(cfg: RunConfig, image_size: int | None = None) -> None:
+    """Cheap checks of every name, size and field; raises ConfigError / UnknownNameError.
+
+    ``image_size`` is the loaded data's side; before loading it comes from the dataset spec
+    (0 for ``imagefolder`` data, whose size is only known once read: then sizes are checked after loading).
+    """
+    cfg.validate()
+    spec = DATASETS.get(cfg.data.dataset)
+    cls = DISTILLERS.get(cfg.distiller)
+    cls.config_cls.from_dict(cfg.distill_params)
+    size = image_size or cfg.data.image_size or spec.image_size
+    _check_arch(cfg.student, size, "student")
+    if cls.needs_teacher:
+        if not cfg.teacher_checkpoint:
+            raise ConfigError(
+                "teacher_checkpoint", f"distiller {cfg.distiller!r} needs a teacher", "pass --teacher-ckpt PATH"
+            )
+        meta = read_weights_meta(cfg.teacher_checkpoint)
+        _check_arch(meta["arch"], size, "teacher_checkpoint")
+    elif cfg.teacher_checkpoint:
+        raise ConfigError("teacher_checkpoint", f"distiller {cfg.distiller!r} trains without a teacher", "drop it")
+
+
+def _check_arch(name: str, size: int, field: str) -> None:
+    MODELS.get(name)
+    if not size:  # not known before the data is read
+        return
+    try:
+        create_model(name, num_classes=10).check_input_size(size)
+    except ValueError as exc:
+        raise ConfigError(field, f"{name}: {exc}", "pick a model built for this dataset's image size") from None
+
+
+def _check_resume(cfg: RunConfig, out: Path) -> bool:
+    """True when out_dir holds a resumable run of the same config; refuses to overwrite another run."""
+    saved = out / "config.json"
+    if not (out / "last.pt").exists() or not saved.exists():
+        return False
+    from .callbacks import flatten
+
+    old, new = flatten(json.loads(saved.read_text())), flatten(json.loads(json.dumps(cfg.to_dict())))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if diff:
+        raise ConfigError(
+            "out_dir",
+            f"{out} already holds a run with a different config ({', '.join(diff[:5])})",
+            "pass a new --out-dir, or the same settings to resume it",
+        )
+    if not cfg.resume:
+        raise ConfigError("out_dir", f"{out} already holds checkpoints", "pass a new --out-dir or --resume")
+    return True
+
+
+def prepare_run(cfg: RunConfig, splits: Splits | None = None, teacher: DistillModel | None = None) -> Prepared:
+    """Validate, load the data (unless given, e.g. from the Ray object store) and build the distiller."""
+    validate_names(cfg)
+    device = resolve_device(cfg.train.device)
+    _check_resume(cfg, Path(cfg.out_dir))
+    splits = splits if splits is not None else load_splits(cfg.data)
+    validate_names(cfg, splits.image_size)  # sizes of imagefolder data are known only now
+    num_classes = splits.spec.num_classes or len(splits.train.classes)
+    seed_everything(cfg.train.seed)
+    student = create_model(cfg.student, num_classes=num_classes)
+    cls = DISTILLERS.get(cfg.distiller)
+    if cls.needs_teacher and teacher is None:
+        teacher, meta = load_model(cfg.teacher_checkpoint)
+        if meta.get("dataset") not in (None, cfg.data.dataset) or teacher.num_classes != num_classes:
+            log.warning(
+                "teacher was trained on %s (%d classes), this run uses %s (%d classes)",
+                meta.get("dataset"),
+                teacher.num_classes,
+                cfg.data.dataset,
+                num_classes,
+            )
+    ctx = DistillContext(num_classes=num_classes, num_train_samples=len(splits.train), image_size=splits.image_size)
+    distiller = build_distiller(cfg.distiller, student, teacher, cfg.distill_params, ctx)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    distiller.to(device=device, memory_format=memory_format)
+    return Prepared(cfg, splits, distiller, device)
+
+
+def _loaders(p: Prepared) -> tuple[BatchLoader, BatchLoader | None, BatchLoader]:
+    cfg, spec = p.cfg, p.splits.spec
+    k = p.distiller.contrast_negatives()
+    contrast = None
+    if k is not None:
+        contrast = ContrastConfig(k=k, mode=cfg.data.contrast_mode, replace=p.splits.contrast_replace)
+    common = dict(spec=spec, device=p.device, channels_last=cfg.train.channels_last)
+    train = BatchLoader(
+        p.splits.train, batch_size=cfg.train.batch_size, train=True, seed=cfg.train.seed, contrast=contrast, **common
+    )
+    ev = dict(batch_size=cfg.train.eval_batch_size, train=False, **common)
+    val = BatchLoader(p.splits.val, **ev) if p.splits.val is not None and len(p.splits.val) else None
+    test = BatchLoader(p.splits.test, **ev)
+    return train, val, test
+
+
+def _weights_meta(p: Prepared, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+    spec = p.splits.spec
+    return {
+        "arch": p.cfg.student,
+        "dataset": p.cfg.data.dataset,
+        "image_size": p.splits.image_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "classes": list(p.splits.train.classes),
+        "distiller": p.cfg.distiller,
+        "epoch": epoch,
+        "val_acc": metrics.get("val_acc"),
+        "test_acc": metrics.get("test_acc"),
+    }
+
+
+def run_init_stage(p: Prepared, loader: BatchLoader, progress: bool) -> None:
+    """AB/FT/FSP initialisation (RepDistiller ``helper/pretrain.py``): only the stage's modules train."""
+    stage = p.distiller.init_stage()
+    if stage is None:
+        return
+    opt = torch.optim.SGD(
+        stage.params, lr=stage.lr, momentum=p.cfg.optim.momentum, weight_decay=p.cfg.optim.weight_decay
+    )
+    for epoch in range(stage.epochs):
+        p.distiller.eval()
+        for m in stage.modules:
+            m.train()
+        loader.set_epoch(-1 - epoch)
+        for batch in loader:
+            with autocast(p.device, p.cfg.train.bf16):
+                loss = sum(stage.loss(batch).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        log.info("init stage epoch %d/%d: loss %.4f", epoch + 1, stage.epochs, float(loss))
+
+
+def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train ``p.distiller`` for ``cfg.train.epochs`` epochs, resuming from ``out_dir/last.pt`` if present."""
+    cfg, distiller, device = p.cfg, p.distiller, p.device
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_loader, val_loader, test_loader = _loaders(p)
+    optimizer = torch.optim.SGD(
+        distiller.trainable_parameters(),
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+        nesterov=cfg.optim.nesterov,
+    )
+    history: list[dict[str, float]] = []
+    start, init_done = 0, False
+    if _check_resume(cfg, out):
+        state = load_state(out / "last.pt")
+        distiller.load_checkpoint_state(state["distiller"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, start, init_done = list(state["history"]), int(state["epoch"]) + 1, bool(state["init_done"])
+        log.info("resuming %s from epoch %d", out, start)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    info = {
+        "num_train": len(p.splits.train),
+        "num_val": len(p.splits.val) if p.splits.val is not None else 0,
+        "num_test": len(p.splits.test),
+        "device": str(device),
+        "student_params": sum(x.numel() for x in distiller.student.parameters()),
+    }
+    try:
+        for cb in callbacks:
+            cb.on_run_start(cfg.to_dict(), info)
+        if not init_done:
+            run_init_stage(p, train_loader, cfg.train.progress)
+            init_done = True
+        with open(out / "metrics.jsonl", "w") as f:  # rewritten so a resumed run has no duplicate epochs
+            f.writelines(json.dumps(m) + "\n" for m in history)
+        epochs = range(start, cfg.train.epochs)
+        if cfg.train.progress:
+            from tqdm.auto import tqdm
+
+            epochs = tqdm(epochs, initial=start, total=cfg.train.epochs, desc=f"{cfg.distiller}:{cfg.student}")
+        for epoch in epochs:
+            lr = cfg.optim.lr_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            train_loader.set_epoch(epoch)
+            metrics: dict[str, float] = {"epoch": epoch, "lr": lr}
+            metrics.update(
+                train_one_epoch(
+                    distiller,
+                    train_loader,
+                    optimizer,
+                    device,
+                    epoch=epoch,
+                    bf16=cfg.train.bf16,
+                    max_steps=cfg.train.max_steps_per_epoch,
+                    progress=cfg.train.progress,
+                )
+            )
+            t0 = time.perf_counter()
+            if val_loader is not None:
+                metrics.update(
+                    {f"val_{k}": v for k, v in evaluate(distiller.student, val_loader, device, cfg.train.bf16).items()}
+                )
+            if cfg.train.eval_test:
+                metrics.update(
+                    {
+                        f"test_{k}": v
+                        for k, v in evaluate(distiller.student, test_loader, device, cfg.train.bf16).items()
+                    }
+                )
+            metrics["eval_time_s"] = time.perf_counter() - t0
+            history.append(metrics)
+            _save_epoch(p, optimizer, history, epoch, init_done)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, metrics)
+            if cfg.train.progress:
+                epochs.set_postfix(
+                    {k: f"{metrics[k]:.2f}" for k in ("loss/total", "val_acc", "test_acc") if k in metrics}
+                )
+    except BaseException as exc:
+        for cb in callbacks:
+            cb.on_run_error(exc)
+        raise
+    summary = summarize(history, out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    for cb in callbacks:
+        cb.on_run_end(summary)
+    return summary
+
+
+def _best_epoch(history: list[dict[str, float]]) -> int:
+    """Model selection on the held-out validation split; the last epoch when there is none."""
+    if history and "val_acc" in history[0]:
+        return max(range(len(history)), key=lambda i: history[i]["val_acc"])
+    return len(history) - 1
+
+
+def _save_epoch(p: Prepared, optimizer, history: list[dict[str, float]], epoch: int, init_done: bool) -> None:
+    out = Path(p.cfg.out_dir)
+    metrics = history[-1]
+    save_model_weights(out / "model_last.safetensors", p.distiller.student, _weights_meta(p, epoch, metrics))
+    if _best_epoch(history) == len(history) - 1:
+        save_model_weights(out / "model_best.safetensors", p.distiller.student, _weights_meta(p, epoch, metrics))
+    state = {
+        "epoch": epoch,
+        "init_done": init_done,
+        "distiller": p.distiller.checkpoint_state(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+    }
+    atomic_torch_save(state, out / "last.pt")
+
+
+def summarize(history: list[dict[str, float]], out: Path) -> dict[str, Any]:
+    """Final numbers: the val-selected epoch's test accuracy, plus the paper's best-test-epoch protocol."""
+    best = _best_epoch(history)
+    last = history[-1]
+    summary: dict[str, Any] = {
+        "epochs": len(history),
+        "best_epoch": int(history[best]["epoch"]),
+        "weights_best": str(out / "model_best.safetensors"),
+        "weights_last": str(out / "model_last.safetensors"),
+    }
+    if "val_acc" in last:
+        summary["val_acc"] = history[best]["val_acc"]
+    if "test_acc" in last:
+        summary["test_acc"] = history[best]["test_acc"]  # reported for the val-selected epoch
+        summary["test_acc_last"] = last["test_acc"]
+        summary["test_acc_max_over_epochs"] = max(h["test_acc"] for h in history)  # RepDistiller's reported number
+    return summary
+
+
+def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Validate, prepare and fit: the function behind ``cktf train-teacher`` and ``cktf distill``."""
+    return fit(prepare_run(cfg), callbacks)
