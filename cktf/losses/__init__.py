@@ -1,0 +1,59 @@
+"""Pure loss functions of the distillation methods and of CKTF/CRD.
+
+Stateless math only (plus the CRD memory bank and embedding heads, which the contrastive loss cannot do without);
+distiller classes in ``cktf.distillers`` own adapters, weights and feature selection and call these. Each function
+cites its paper and the RepDistiller / CKTF file it copies; golden values in ``tests/fixtures/losses`` come from
+running those official files.
+"""
+
+from .contrastive import ContrastMemory, crd_pair_loss, nce_loss
+from .feature import (
+    ab_boundary_loss,
+    ab_loss,
+    at_loss,
+    at_map,
+    fsp_loss,
+    fsp_matrix,
+    ft_factor_loss,
+    hint_loss,
+    match_spatial,
+    nst_loss,
+    nst_poly_kernel,
+    vid_init_log_scale,
+    vid_loss,
+)
+from .heads import Embed, MLPEmbed, PadEmbed, l2_normalize
+from .relational import cc_loss, pkt_loss, rkd_loss, rkd_pdist, sp_loss
+from .stage_pairs import MAPPINGS, pad_channels, select_stage_pair, whole_tensor_cosine
+
+__all__ = [
+    "MAPPINGS",
+    "ContrastMemory",
+    "Embed",
+    "MLPEmbed",
+    "PadEmbed",
+    "ab_boundary_loss",
+    "ab_loss",
+    "at_loss",
+    "at_map",
+    "cc_loss",
+    "crd_pair_loss",
+    "fsp_loss",
+    "fsp_matrix",
+    "ft_factor_loss",
+    "hint_loss",
+    "l2_normalize",
+    "match_spatial",
+    "nce_loss",
+    "nst_loss",
+    "nst_poly_kernel",
+    "pad_channels",
+    "pkt_loss",
+    "rkd_loss",
+    "rkd_pdist",
+    "select_stage_pair",
+    "sp_loss",
+    "vid_init_log_scale",
+    "vid_loss",
+    "whole_tensor_cosine",
+]

@@ -1,0 +1,107 @@
+"""CKTF's stage-pair selection (``SimilarityTransfer``): which teacher block of a stage the student stage is paired
+with, and the tensors handed to that stage's CRD module.
+
+A Contrastive Knowledge Transfer Framework for Model Compression and Transfer Learning (Zhao, Chen & Zhao,
+ICASSP 2023); code: CKTF ``distiller_zoo/ST.py`` (``st_loss_each_group``), spec section 3 "Pairs fed to the
+modules". Followed line by line, quirks included:
+
+* ``F.normalize(x, p=2, dim=0)``: each ``(c, h, w)`` position is normalised **over the batch**, for the student's
+  last block and for every teacher block. It looks like a bug; it is what the released code trains with.
+* The student is zero-padded on channels by ``(Ct - Cs) // 2`` on each side, *after* normalisation, only when its
+  shape differs from the teacher block's. Upstream then asserts equal shapes, so an odd channel difference or a
+  spatial/batch mismatch fails (``ValueError`` here); a negative even difference crops (``F.pad`` semantics).
+* The cosine is one scalar over the whole tensor: ``sum(s*t) / max(||s|| ||t||, 1e-8)``.
+* What is pooled and returned for the student is the **normalised and padded** tensor; the teacher's is its
+  normalised block ``j*``. Both are then ``flatten(pool(.))``, with the pooling the model family uses
+  (``AvgPool2d(8)`` for CIFAR ResNet/WRN, global average for VGG/ResNet-v2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MAPPINGS = ("first", "last", "random", "max_cos", "min_cos")
+_OFFICIAL_NAMES = {"first": "first", "last": "last", "random": "random", "largest": "max_cos", "smallest": "min_cos"}
+
+
+def pad_channels(x: Tensor, channels: int) -> Tensor:
+    """Zero-pad (or crop, if negative) dim 1 by ``(channels - C) // 2`` on each side (CKTF ``zero_pad_on_filter``)."""
+    half = (channels - x.shape[1]) // 2
+    return F.pad(x, (0, 0, 0, 0, half, half, 0, 0))
+
+
+def whole_tensor_cosine(a: Tensor, b: Tensor) -> Tensor:
+    """``sum(a*b) / max(||a|| ||b||, 1e-8)`` over the whole tensor (CKTF ``cosineSimilarity``)."""
+    return torch.sum(a * b) / torch.clamp(torch.sqrt(torch.sum(a**2)) * torch.sqrt(torch.sum(b**2)), min=1e-8)
+
+
+def _canonical(mapping: str) -> str:
+    key = mapping.lower()
+    if key in MAPPINGS:
+        return key
+    if key in _OFFICIAL_NAMES:
+        return _OFFICIAL_NAMES[key]
+    raise ValueError(
+        f"unknown stage mapping {mapping!r}; expected one of {MAPPINGS} (or First/Last/Random/Largest/Smallest)"
+    )
+
+
+def select_stage_pair(
+    student_last_block: Tensor,
+    teacher_blocks: Sequence[Tensor],
+    mapping: str,
+    pool: Callable[[Tensor], Tensor],
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, int]:
+    """Pick the teacher block of one stage for the student's last block; return ``(s_k, t_k, j_star)``.
+
+    Args:
+        student_last_block: the student stage's last block output ``[B, Cs, H, W]``.
+        teacher_blocks: every block output of the same teacher stage, ``[B, Ct, H, W]`` each.
+        mapping: ``first`` | ``last`` | ``random`` | ``max_cos`` (official ``Largest``) | ``min_cos`` (``Smallest``);
+            the official names are accepted too. Ties in ``max_cos``/``min_cos`` go to the highest index, as the
+            official ``sorted(...).pop()`` does.
+        pool: the model family's pooling (e.g. ``nn.AvgPool2d(8)``), applied before flattening.
+        generator: RNG for ``random`` (upstream draws from Python's global ``random.randint`` each step).
+
+    Returns:
+        ``s_k = flatten(pool(pad(normalize(s, dim=0))))``, ``t_k = flatten(pool(normalize(t_j*, dim=0)))`` and
+        ``j_star``. Gradients flow to the student through ``s_k``; the choice itself is not differentiated.
+    """
+    if len(teacher_blocks) == 0:
+        raise ValueError("teacher_blocks is empty")
+    mapping = _canonical(mapping)
+    s = F.normalize(student_last_block, p=2, dim=0)
+    t_norm = [F.normalize(t, p=2, dim=0) for t in teacher_blocks]
+    cos = []
+    for t in t_norm:  # padding is re-checked against every teacher block, as upstream
+        if s.shape != t.shape:
+            s = pad_channels(s, t.shape[1])
+        if s.shape != t.shape:
+            raise ValueError(
+                f"cannot pair student {tuple(student_last_block.shape)} with teacher block "
+                f"{tuple(t.shape)}: CKTF zero-pads (Ct-Cs)//2 channels per side, so the channel "
+                "difference must be even and batch/spatial sizes equal"
+            )
+        if mapping in ("max_cos", "min_cos"):
+            with torch.no_grad():
+                cos.append(whole_tensor_cosine(s, t).item())
+    n = len(t_norm)
+    if mapping == "first":
+        j_star = 0
+    elif mapping == "last":
+        j_star = n - 1
+    elif mapping == "random":
+        device = generator.device if generator is not None else None
+        j_star = int(torch.randint(n, (1,), generator=generator, device=device).item())
+    elif mapping == "max_cos":
+        j_star = max(range(n), key=lambda j: (cos[j], j))
+    else:
+        j_star = min(range(n), key=lambda j: (cos[j], -j))
+    s_k = pool(s)
+    t_k = pool(t_norm[j_star])
+    return s_k.reshape(s_k.shape[0], -1), t_k.reshape(t_k.shape[0], -1), j_star
