@@ -1,0 +1,192 @@
+"""Batched augmentation on uint8 image tensors, on any device (spec section 4, "Data"; section 5 for STL-10).
+
+Every function takes a whole batch ``[B, C, H, W]`` (any strides: a channels-last view of NHWC storage
+is fine) and draws all its randomness, per sample, from the ``torch.Generator`` passed in, so a
+batch is reproducible from the generator's seed. There is no per-sample Python and no PIL.
+
+* :func:`random_crop_flip`: ``RandomCrop(size, padding=4)`` + ``RandomHorizontalFlip`` (CIFAR); the
+  batch is zero-padded once and the crop and flip are one gather with per-sample index arithmetic.
+* :func:`random_resized_crop_flip`: ``RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3))`` +
+  flip (Tiny-ImageNet, STL-10); the boxes follow torchvision's 10-attempt rule (vectorised) and are
+  resampled bilinearly (``grid_sample`` when every box is enlarged, else ``torchvision.ops.roi_align``
+  with adaptive sampling, which averages when shrinking, i.e. antialiases like PIL).
+* :func:`resize_center_crop`: ``Resize(size)`` + ``CenterCrop(size)`` for evaluation, with antialiasing.
+* :func:`normalize`: ``ToTensor`` + ``Normalize`` in one fused multiply-add.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: attempts per sample before RandomResizedCrop falls back to a centre crop (torchvision's value)
+RRC_ATTEMPTS = 10
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(shape, generator=generator, device=gdev).to(device, non_blocking=True)
+
+
+def random_crop_flip(
+    x: Tensor, size: int, padding: int = 4, generator: torch.Generator | None = None, flip: bool = True
+) -> Tensor:
+    """Random ``size`` x ``size`` crop of the zero-padded batch, then a random horizontal flip (p = 0.5).
+
+    Args:
+        x: uint8 (or any dtype) ``[B, C, H, W]``.
+        size: output side (32 for CIFAR).
+        padding: zero padding on each border before cropping (4 for CIFAR).
+        generator: source of the per-sample offsets and flips.
+        flip: also flip horizontally with probability 0.5.
+
+    Returns:
+        ``[B, C, size, size]`` of ``x``'s dtype, in channels-last memory layout.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, padding, padding, padding, padding))  # [B, H+2p, W+2p, C] contiguous
+    u = _rand((3, b), generator, dev)
+    oy = (u[0] * (h + 2 * padding - size + 1)).long()
+    ox = (u[1] * (w + 2 * padding - size + 1)).long()
+    ar = torch.arange(size, device=dev)
+    rows = oy[:, None] + ar  # [B, S]
+    cols = ar.expand(b, size)
+    if flip:
+        cols = torch.where((u[2] < 0.5)[:, None], size - 1 - ar, ar)
+    cols = ox[:, None] + cols
+    hp, wp = h + 2 * padding, w + 2 * padding
+    flat = (torch.arange(b, device=dev)[:, None, None] * hp + rows[:, :, None]) * wp + cols[:, None, :]  # [B, S, S]
+    out = xp.reshape(b * hp * wp, c).index_select(0, flat.reshape(-1)).view(b, size, size, c)
+    return out.permute(0, 3, 1, 2)
+
+
+def rrc_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """``n`` RandomResizedCrop boxes ``(top, left, h, w)`` as float [n, 4], torchvision's rule vectorised.
+
+    Each sample tries ``RRC_ATTEMPTS`` (area, aspect) draws and keeps the first that fits; if none fits
+    it takes the centre crop with the aspect ratio clamped to ``ratio`` (``RandomResizedCrop.get_params``).
+    """
+    device = torch.device(device)
+    u = _rand((4, n, RRC_ATTEMPTS), generator, device).double()
+    area = height * width
+    target = area * (scale[0] + u[0] * (scale[1] - scale[0]))
+    log_r = math.log(ratio[0]) + u[1] * (math.log(ratio[1]) - math.log(ratio[0]))
+    aspect = torch.exp(log_r)
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    top = torch.floor(u[2] * (height - h + 1))
+    left = torch.floor(u[3] * (width - w + 1))
+    first = ok.long().argmax(dim=1, keepdim=True)  # index of the first fitting attempt (0 if none)
+    pick = lambda t: t.gather(1, first).squeeze(1)  # noqa: E731
+    boxes = torch.stack([pick(top), pick(left), pick(h), pick(w)], dim=1)
+    # fallback: centre crop with the aspect ratio clamped into `ratio`
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fh, fw = height, int(round(height * max(ratio)))
+    else:
+        fw, fh = width, height
+    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw], dtype=boxes.dtype, device=device)
+    return torch.where(ok.any(dim=1)[:, None], boxes, fallback).float()
+
+
+def random_resized_crop_flip(
+    x: Tensor,
+    size: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+    flip: bool = True,
+) -> Tensor:
+    """RandomResizedCrop(``size``) + random horizontal flip of a batch.
+
+    Args:
+        x: uint8 or float ``[B, C, H, W]`` (pixel values 0..255).
+        size: output side (64 for Tiny-ImageNet and STL-10).
+        scale: range of the crop area as a fraction of the image.
+        ratio: range of the crop aspect ratio (log-uniform).
+        generator: source of the boxes and flips.
+        flip: also flip horizontally with probability 0.5.
+
+    Returns:
+        float32 ``[B, C, size, size]`` (values 0..255). Boxes are resampled bilinearly like torchvision's
+        resize (pixel centres, ``align_corners=False``); when a box is larger than ``size`` several samples
+        per output pixel are averaged (``roi_align``, antialiasing). Unlike crop-then-resize, border pixels
+        may interpolate up to half a pixel into the image outside the box.
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+    boxes = rrc_boxes(b, h, w, scale, ratio, generator, dev)
+    flips = _rand((b,), generator, dev) < 0.5 if flip else torch.zeros(b, dtype=torch.bool, device=dev)
+    xf = x.to(torch.float32, memory_format=torch.contiguous_format)
+    if h <= size and w <= size:  # every box is enlarged: one bilinear sample per pixel, flip folded in
+        return _resample_grid(xf, boxes, size, flips)
+    out = _resample_roi(xf, boxes, size)
+    return torch.where(flips[:, None, None, None], out.flip(3), out)
+
+
+def _resample_roi(x: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """Boxes ``(top, left, h, w)`` of ``x`` resized to ``size`` with ``roi_align`` (averages when shrinking)."""
+    from torchvision.ops import roi_align
+
+    top, left, bh, bw = boxes.unbind(1)
+    idx = torch.arange(x.shape[0], device=x.device, dtype=x.dtype)
+    rois = torch.stack([idx, left, top, left + bw, top + bh], dim=1)
+    return roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def _resample_grid(x: Tensor, boxes: Tensor, size: int, flips: Tensor) -> Tensor:
+    """Same as :func:`_resample_roi` for boxes no larger than ``size`` (one sample per pixel), via ``grid_sample``.
+
+    The affine grid maps output pixel centres to box coordinates exactly as ``roi_align(aligned=True)``
+    does with one sample per bin; a negative x scale flips.
+    """
+    b, _, h, w = x.shape
+    top, left, bh, bw = boxes.unbind(1)
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = torch.where(flips, -bw / w, bw / w)
+    theta[:, 0, 2] = (2 * left + bw) / w - 1
+    theta[:, 1, 1] = bh / h
+    theta[:, 1, 2] = (2 * top + bh) / h - 1
+    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def resize_center_crop(x: Tensor, size: int) -> Tensor:
+    """``Resize(size)`` (shorter side, bilinear, antialias) + ``CenterCrop(size)``, batched (evaluation transform).
+
+    Returns ``x`` unchanged (same dtype) when ``H == W == size``, else float32 values 0..255.
+    """
+    b, c, h, w = x.shape
+    if h == size and w == size:
+        return x
+    if h <= w:
+        nh, nw = size, int(size * w / h)
+    else:
+        nh, nw = int(size * h / w), size
+    y = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    return y[:, :, top : top + size, left : left + size]
+
+
+def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """``(x / 255 - mean) / std`` as float32 (``ToTensor`` + ``Normalize``); keeps ``x``'s memory layout."""
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device)
+    scale = (1.0 / (255.0 * s)).view(1, -1, 1, 1)
+    bias = (-m / s).view(1, -1, 1, 1)
+    return x.to(dtype=torch.float32, copy=True).mul_(scale).add_(bias)

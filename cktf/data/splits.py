@@ -1,0 +1,199 @@
+"""Data config and train/val/test splits (spec section 4, "Data"; section 2 for the contrastive index space).
+
+:func:`load_splits` reads the dataset's train and test splits (decoded once, cached), draws the
+seeded stratified subsets, and holds out a seeded class-stratified validation split from train.
+Order: ``train_subset`` is drawn first, then ``val_fraction`` of it is held out, so
+``train_subset=2000, val_fraction=0.1`` trains on 1,800 images and validates on 200. The rows of the
+final ``Splits.train`` are the index space of ``batch["index"]`` and of the contrastive memory.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ..errors import ConfigError
+from ._base import ArrayDataset
+from .contrast import CONTRAST_MODES
+from .spec import DATASETS, DatasetSpec
+
+log = logging.getLogger("cktf")
+
+
+@dataclass
+class DataConfig:
+    """Which data a run uses and how it is split (every field is a ``--data-*`` CLI flag).
+
+    Attributes:
+        dataset: registered dataset name (``cktf datasets`` / ``DATASETS.names()``).
+        root: data root; see each dataset's expected layout.
+        download: download into ``root`` when missing (needs internet).
+        val_fraction: fraction of train held out (class-stratified) for model selection; 0 = no val split.
+        split_seed: seed of the subset draws and the val hold-out (independent of the training seed).
+        train_subset: use this many train images (seeded, stratified; before the val hold-out).
+        test_subset: use this many test images (seeded, stratified).
+        cache_dir: decoded-array cache; default ``$CKTF_CACHE_DIR`` or ``~/.cache/cktf``.
+        image_size: decode side for ``imagefolder`` datasets (default: the first train image's side).
+        contrast_mode: CRD/CKTF positive: ``exact`` (the sample itself) or ``relax`` (a same-class sample).
+        contrast_replace: draw negatives with replacement; ``None`` = the dataset's default (spec section 2:
+            without for CIFAR, with for Tiny-ImageNet, STL-10 and ImageFolder data).
+    """
+
+    dataset: str = "cifar100"
+    root: str = "./data"
+    download: bool = False
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+    cache_dir: str | None = None
+    image_size: int | None = None
+    contrast_mode: Literal["exact", "relax"] = "exact"
+    contrast_replace: bool | None = None
+
+    def validate(self) -> None:
+        """Cheap checks, before anything is read; raises ConfigError (or UnknownNameError for ``dataset``)."""
+        spec = DATASETS.get(self.dataset)
+        if not str(self.root):
+            raise ConfigError("data.root", "must not be empty", "pass --data-root DIR")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("data.val_fraction", f"must be in [0, 1), got {self.val_fraction}", "e.g. 0.1")
+        if self.split_seed < 0:
+            raise ConfigError("data.split_seed", f"must be >= 0, got {self.split_seed}")
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name}", f"must be >= 1 or unset, got {value}", "drop it to use every image")
+        if self.image_size is not None:
+            if spec.resolve is None:
+                raise ConfigError(
+                    "data.image_size",
+                    f"{self.dataset} has a fixed input size ({spec.image_size})",
+                    "drop it; it only applies to imagefolder datasets",
+                )
+            if self.image_size < 8:
+                raise ConfigError("data.image_size", f"must be >= 8, got {self.image_size}")
+        if self.contrast_mode not in CONTRAST_MODES:
+            raise ConfigError("data.contrast_mode", f"must be one of {', '.join(CONTRAST_MODES)}, got "
+                              f"{self.contrast_mode!r}")
+
+    def resolved_contrast_replace(self) -> bool:
+        """``contrast_replace``, or the dataset's default when unset."""
+        if self.contrast_replace is not None:
+            return bool(self.contrast_replace)
+        return DATASETS.get(self.dataset).contrast_replace
+
+
+@dataclass
+class Splits:
+    """The data of one run. ``spec`` is resolved (imagefolder: classes, size and mean/std filled in).
+
+    Attributes:
+        spec: the dataset description (normalisation, augmentation, input side).
+        train: training rows; their positions are ``batch["index"]`` and the memory-bank rows.
+        val: held-out part of train (``None`` when ``val_fraction == 0``).
+        test: test split (Tiny-ImageNet: the official val split).
+        contrast_replace: whether contrastive negatives are drawn with replacement.
+    """
+
+    spec: DatasetSpec
+    train: ArrayDataset
+    val: ArrayDataset | None
+    test: ArrayDataset
+    contrast_replace: bool = False
+
+    @property
+    def image_size(self) -> int:
+        """Side of the model input (32 or 64)."""
+        return self.spec.image_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes or len(self.train.classes)
+
+
+def stratified_pick(targets: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``n`` rows drawn without replacement, class proportions kept (largest remainder).
+
+    Unlabeled rows (target -1) form one group, so a fully unlabeled split is a uniform draw.
+    """
+    total = len(targets)
+    n = min(n, total)
+    classes, inverse, counts = np.unique(targets, return_inverse=True, return_counts=True)
+    exact = counts * (n / total)
+    quota = np.floor(exact).astype(np.int64)
+    short = n - int(quota.sum())
+    if short:
+        order = np.lexsort((rng.random(len(classes)), -(exact - quota)))  # largest remainders, ties at random
+        quota[order[:short]] += 1
+    picked = []
+    for c in range(len(classes)):
+        rows = np.flatnonzero(inverse == c)
+        picked.append(rng.choice(rows, size=int(quota[c]), replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def holdout(targets: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_rows, val_rows)``: a class-stratified ``fraction`` of the rows held out, both sorted.
+
+    Every class with at least two rows keeps at least one in train.
+    """
+    if fraction <= 0:
+        return np.arange(len(targets)), np.zeros(0, dtype=np.int64)
+    n_val = int(round(len(targets) * fraction))
+    val = stratified_pick(targets, n_val, rng)
+    mask = np.ones(len(targets), dtype=bool)
+    mask[val] = False
+    # a class whose every row went to val (tiny classes) gives one back
+    for c in np.unique(targets[val]):
+        if c >= 0 and not (mask & (targets == c)).any() and (targets == c).sum() > 1:
+            back = val[targets[val] == c][0]
+            mask[back] = True
+    train_rows = np.flatnonzero(mask)
+    return train_rows, np.flatnonzero(~mask)
+
+
+def _materialise(ds: ArrayDataset, rows: np.ndarray | None = None) -> ArrayDataset:
+    """In-memory (not memory-mapped) copy of ``ds`` or of its ``rows``."""
+    if rows is None:
+        return ArrayDataset(np.array(ds.images), np.array(ds.targets, dtype=np.int64), list(ds.classes))
+    return ArrayDataset(np.asarray(ds.images[rows]), np.asarray(ds.targets[rows], dtype=np.int64), list(ds.classes))
+
+
+def load_splits(cfg: DataConfig, progress: bool = True) -> Splits:
+    """Validate ``cfg``, read the train/test splits (cached) and cut the subsets and the val split.
+
+    Raises:
+        ConfigError: a bad field (named ``data.<field>``).
+        UnknownNameError: ``cfg.dataset`` is not registered.
+        DataNotFoundError: the files are not under ``cfg.root`` (the message says where and how to get them).
+    """
+    cfg.validate()
+    spec = DATASETS.get(cfg.dataset)
+    opts = dict(cache_dir=cfg.cache_dir, image_size=cfg.image_size, progress=progress)
+    train_full = spec.load(cfg.root, spec.train_split, cfg.download, **opts)
+    test_full = spec.load(cfg.root, spec.test_split, cfg.download, **opts)
+    if spec.resolve is not None:
+        spec = spec.resolve(spec, cfg.root, train_full, cache_dir=cfg.cache_dir, image_size=cfg.image_size)
+    rng = np.random.default_rng(cfg.split_seed)
+    rows = None
+    if cfg.train_subset is not None:
+        if cfg.train_subset > len(train_full):
+            log.warning("data.train_subset=%d > %d train images; using all", cfg.train_subset, len(train_full))
+        rows = stratified_pick(train_full.targets, cfg.train_subset, rng)
+    pool = train_full.targets if rows is None else train_full.targets[rows]
+    train_rows, val_rows = holdout(pool, cfg.val_fraction, rng)
+    if rows is not None:
+        train_rows, val_rows = rows[train_rows], rows[val_rows]
+    whole = rows is None and len(val_rows) == 0
+    train = _materialise(train_full, None if whole else train_rows)
+    val = _materialise(train_full, val_rows) if cfg.val_fraction > 0 else None
+    test_rows = None
+    if cfg.test_subset is not None:
+        if cfg.test_subset > len(test_full):
+            log.warning("data.test_subset=%d > %d test images; using all", cfg.test_subset, len(test_full))
+        test_rows = stratified_pick(test_full.targets, cfg.test_subset, np.random.default_rng([cfg.split_seed, 1]))
+    test = _materialise(test_full, test_rows)
+    return Splits(spec, train, val, test, contrast_replace=cfg.resolved_contrast_replace())
