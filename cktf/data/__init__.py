@@ -9,6 +9,7 @@ Typical use::
     for batch in loader:  # {"image", "target", "index", "contrast_idx"}
         ...
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,8 +63,9 @@ def prepare(
         start = time.perf_counter()
         ds = spec.load(root, split, download, cache_dir=cache_dir, progress=progress)
         sizes[split] = len(ds)
-        logging.getLogger("cktf").info("%s %s: %d images ready in %.2f s", name, split, len(ds),
-                                       time.perf_counter() - start)
+        logging.getLogger("cktf").info(
+            "%s %s: %d images ready in %.2f s", name, split, len(ds), time.perf_counter() - start
+        )
         if split == spec.train_split:
             train = ds
     if spec.resolve is not None and train is not None:

@@ -4,6 +4,7 @@ A split is decoded once into an :class:`ArrayDataset` (uint8 NHWC images plus in
 loaders yield batches as plain dicts with the keys below, so there is one training loop for
 every method (torchdistill's ``supp_dict`` idea; no per-method batch tuples).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

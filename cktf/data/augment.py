@@ -13,6 +13,7 @@ batch is reproducible from the generator's seed. There is no per-sample Python a
 * :func:`resize_center_crop`: ``Resize(size)`` + ``CenterCrop(size)`` for evaluation, with antialiasing.
 * :func:`normalize`: ``ToTensor`` + ``Normalize`` in one fused multiply-add.
 """
+
 from __future__ import annotations
 
 import math

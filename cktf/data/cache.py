@@ -8,6 +8,7 @@ The key hashes the dataset name, the split, the resolved source path, any extra 
 sorted list of source files with their size and ``mtime_ns``, so a changed or touched source file
 is re-read. The JSON is written last and atomically; a half-written entry is never loaded.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -4,6 +4,7 @@ CIFAR-100 is read from torchvision's pickle format (``<root>/cifar-100-python/{t
 without the md5 check, so the offline prefix subset works. CIFAR-10 is read from the pickle format
 (``cifar-10-batches-py``) or from an ImageFolder tree ``{train,test}/<class>/*``, whichever is found.
 """
+
 from __future__ import annotations
 
 import pickle

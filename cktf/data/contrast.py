@@ -20,6 +20,7 @@ exact-uniform: numpy's ``Generator.choice(replace=False)`` per anchor on CPU (th
 of OpenMP stalls on a busy machine), the K smallest of uniform random keys (``topk``) on GPU. Both
 backends draw everything from the ``torch.Generator`` passed in (numpy's is seeded from one draw of it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -87,8 +88,9 @@ class ContrastSampler:
             raise ConfigError("data.dataset", "the train split mixes labeled and unlabeled (-1) images")
         if self.unlabeled:
             if cfg.mode == "relax":
-                raise ConfigError("data.contrast_mode", "relax needs class labels; the train split is unlabeled",
-                                  "use exact")
+                raise ConfigError(
+                    "data.contrast_mode", "relax needs class labels; the train split is unlabeled", "use exact"
+                )
             order = torch.arange(n)
             start, count = torch.arange(n), torch.ones(n, dtype=torch.long)
             smallest, why = n - 1, "all other images"
@@ -101,8 +103,11 @@ class ContrastSampler:
             smallest = n - int(counts.max()) if n else 0
             why = f"the images outside class {biggest}, the largest class with {int(counts.max()) if n else 0}"
         if smallest < 1:
-            raise ConfigError("data.dataset", "contrastive negatives need at least two classes in the train split",
-                              "use a larger train_subset or another dataset")
+            raise ConfigError(
+                "data.dataset",
+                "contrastive negatives need at least two classes in the train split",
+                "use a larger train_subset or another dataset",
+            )
         if not cfg.replace and cfg.k > smallest:
             raise ConfigError(
                 "distill.nce_k",

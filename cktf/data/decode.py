@@ -5,6 +5,7 @@ Used once per split by the ImageFolder-style sources (CIFAR-10 JPEG tree, Tiny-I
 palette images are converted to RGB; an image whose size differs from the target side is resized
 (shorter side to ``side``, bilinear with antialiasing) and centre-cropped.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Shared by the CIFAR-10 JPEG tree, Tiny-ImageNet and ``imagefolder`` sources (spec section 4,
 "Data"). Classes are the sorted sub-folder names, as torchvision's ``ImageFolder`` orders them.
 """
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ from the train split once and cached next to it, unless a registered spec fixes 
 RandomResizedCrop(side) + flip above. Negatives are sampled with replacement by default, as the
 official ``ImageFolderSample`` does (spec section 2).
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -9,6 +9,7 @@ Batches are dicts (keys of :mod:`cktf.data._base`): ``image`` float32 [B, 3, S, 
 :class:`ContrastConfig`, ``contrast_idx`` int64 [B, K+1]. Epoch ``e`` draws its shuffle and
 augmentation from a generator seeded with ``(seed, e)`` only, so a resumed run repeats them exactly.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -4,6 +4,7 @@ A :class:`DatasetSpec` says how a dataset is fed to a model (input side, normali
 augmentation, default negative sampling) and how to read it from disk (``load``). The sources
 (``cifar``, ``tiny_imagenet``, ``stl10``, ``imagefolder``) register one spec each.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -81,8 +82,10 @@ class DatasetSpec:
         where = Path(checked).expanduser().absolute()
         found = f" ({what})" if what else ""
         if self.downloadable:
-            fix = (f"with internet run `cktf data prepare {self.name} --root {root} --download`, "
-                   f"otherwise {self.how_to_get}")
+            fix = (
+                f"with internet run `cktf data prepare {self.name} --root {root} --download`, "
+                f"otherwise {self.how_to_get}"
+            )
         else:
             fix = f"{self.how_to_get}, then `cktf data prepare {self.name} --root {root}` decodes it once"
         return DataNotFoundError(f"{self.name} split {split!r} not found at {where}{found}; {fix}")

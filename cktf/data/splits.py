@@ -6,6 +6,7 @@ Order: ``train_subset`` is drawn first, then ``val_fraction`` of it is held out,
 ``train_subset=2000, val_fraction=0.1`` trains on 1,800 images and validates on 200. The rows of the
 final ``Splits.train`` are the index space of ``batch["index"]`` and of the contrastive memory.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,8 +77,9 @@ class DataConfig:
             if self.image_size < 8:
                 raise ConfigError("data.image_size", f"must be >= 8, got {self.image_size}")
         if self.contrast_mode not in CONTRAST_MODES:
-            raise ConfigError("data.contrast_mode", f"must be one of {', '.join(CONTRAST_MODES)}, got "
-                              f"{self.contrast_mode!r}")
+            raise ConfigError(
+                "data.contrast_mode", f"must be one of {', '.join(CONTRAST_MODES)}, got {self.contrast_mode!r}"
+            )
 
     def resolved_contrast_replace(self) -> bool:
         """``contrast_replace``, or the dataset's default when unset."""

@@ -9,6 +9,7 @@ from all *other* images (see :mod:`cktf.data.contrast`).
 Two names are registered: ``stl10`` trains on the labeled ``train`` split (step 2, fine-tuning) and
 ``stl10_unlabeled`` trains on ``unlabeled`` (step 1, distillation); both test on ``test`` (8,000).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ Reads the official layout ``<root>/tiny-imagenet-200/`` (``train/<wnid>/images/*
 The ``test`` split is the labeled validation split, on which the paper reports. Classes are the sorted
 wnids; grayscale images become RGB.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
