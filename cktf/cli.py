@@ -82,16 +82,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_distillers(args: argparse.Namespace) -> int:
-    from .distillers import DISTILLERS
+    import fnmatch
+
+    from .distillers import DISTILLERS, objective_names, split_name
 
     print(f"{'distiller':<14} {'teacher':<7} {'needs':<22} summary")
-    for name in DISTILLERS.names(args.filter):
-        cls = DISTILLERS.get(name)
-        needs = ",".join(sorted(cls.requires)) or "-"
-        teacher = "yes" if cls.needs_teacher else "no"
-        print(f"{name:<14} {teacher:<7} {needs:<22} {DISTILLERS.meta(name).get('summary', '')}")
-        if args.fields:
-            for f in dataclasses.fields(cls.config_cls):
+    for name in (n for n in objective_names() if fnmatch.fnmatch(n, args.filter)):
+        primary, secondary = split_name(name)
+        classes = [DISTILLERS.get(n) for n in (primary, secondary) if n]
+        needs = ",".join(sorted(set().union(*(c.requires for c in classes)))) or "-"
+        teacher = "yes" if any(c.needs_teacher for c in classes) else "no"
+        if secondary is None:
+            summary = DISTILLERS.meta(name).get("summary", "")
+        else:
+            summary = f"Eq. 1: gamma*CE + {primary} + theta*{secondary} (fields: {secondary}.<field>, theta)"
+        print(f"{name:<14} {teacher:<7} {needs:<22} {summary}")
+        if args.fields and secondary is None:
+            for f in dataclasses.fields(classes[0].config_cls):
                 print(f"{'':<16}{f.name} = {f.default}")
     return 0
 

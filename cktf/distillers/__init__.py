@@ -1,7 +1,17 @@
-"""Distillers: one registered class per method (see ``cktf distillers``)."""
+"""Distillers: one registered loss term per method, combined into objectives (see ``cktf distillers``)."""
 
 from . import ce, kd  # noqa: F401  (registration)
-from ._base import DISTILLERS, DistillContext, Distiller, DistillerConfig, InitStage, StepOutput, build_distiller
+from ._base import (
+    DISTILLERS,
+    DistillContext,
+    Distiller,
+    DistillerConfig,
+    InitStage,
+    LossTerm,
+    StepOutput,
+    TermConfig,
+)
+from .compose import build_distiller, needs_teacher, objective_names, parse_params, split_name
 
 __all__ = [
     "DISTILLERS",
@@ -9,6 +19,12 @@ __all__ = [
     "Distiller",
     "DistillerConfig",
     "InitStage",
+    "LossTerm",
     "StepOutput",
+    "TermConfig",
     "build_distiller",
+    "needs_teacher",
+    "objective_names",
+    "parse_params",
+    "split_name",
 ]

@@ -1,14 +1,13 @@
-"""The one distiller interface (mdistiller's ``Distiller`` with its flaws fixed; see the style anchors).
+"""The one distiller interface: a student, a frozen teacher and one or more loss *terms*.
 
-A distiller owns the student, the frozen teacher and every trainable adapter/head. Its
-``forward(batch)`` runs the student once with features and the teacher once under ``no_grad``,
-then the subclass's :meth:`Distiller.compute_losses` returns the *weighted* loss terms. The
-trainer sums them, so Eq. 1 of the CKTF paper,
-
-    L = gamma * L_CE + L_CKT + theta * L_distill,
-
-is the sum of the dict entries: the base class adds ``ce`` (weight ``gamma``; with ``gamma == 0``
-the labels are never read, as in the paper's transfer setting), subclasses add their own terms.
+Eq. 1 of the CKTF paper is ``L = gamma * L_CE + L_CKT + theta * L_distill``. Here every method
+(KD, FitNet, ..., CRD, CKTF) is a :class:`LossTerm`: an ``nn.Module`` holding the method's adapters,
+heads and memory banks (sized from the models' ``feature_info``; it never stores the models) whose
+``forward(s_out, t_out, batch)`` returns its already weighted loss terms. A :class:`Distiller` runs
+the student once with features and the teacher once under ``no_grad``, adds ``gamma * CE`` (with
+``gamma == 0`` the labels are never read: the paper's transfer setting) and the terms of each
+method, the secondary one scaled by ``theta``. ``cktf`` alone, ``kd`` alone and ``cktf+fitnet``
+are the same class with one or two terms: no per-method trainer, no ``if/elif`` on names.
 """
 
 from __future__ import annotations
@@ -26,17 +25,20 @@ from ..errors import ConfigError
 from ..models import DistillModel, DistillOutput
 from ..registry import Registry
 
+#: name -> LossTerm subclass (``cktf distillers`` lists it, plus the ``X+Y`` combinations)
 DISTILLERS: Registry = Registry("distiller")
+
+WEIGHT_FIELDS = ("gamma", "alpha", "beta", "theta", "alpha1", "alpha2")
 
 
 @dataclass
-class DistillerConfig:
-    """Fields shared by every distiller. Subclasses add their own weights with paper defaults."""
+class TermConfig:
+    """Fields shared by every method's config. Subclasses add their own with the official defaults."""
 
-    gamma: float = 1.0  # weight of cross-entropy on labels (Eq. 1); 0 = labels are never read
+    gamma: float = 1.0  # cross-entropy weight when this method is the primary one (Eq. 1); 0 = labels never read
 
     @classmethod
-    def from_dict(cls, params: Mapping[str, Any], prefix: str = "distill") -> DistillerConfig:
+    def from_dict(cls, params: Mapping[str, Any], prefix: str = "distill") -> TermConfig:
         """Build from a flat dict (CLI ``--set k=v`` or a Ray Tune config), naming unknown or bad fields."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(params) - set(fields))
@@ -48,7 +50,7 @@ class DistillerConfig:
         for name, value in params.items():
             default = fields[name].default
             try:
-                kwargs[name] = _coerce(value, default)
+                kwargs[name] = coerce(value, default)
             except (TypeError, ValueError):
                 raise ConfigError(
                     f"{prefix}.{name}", f"cannot use {value!r}", f"give a {type(default).__name__}"
@@ -61,15 +63,19 @@ class DistillerConfig:
         """Reject negative loss weights; subclasses extend this with their own bounds."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if (f.name in ("gamma", "alpha", "beta", "theta") or f.name.startswith("w_")) and value < 0:
+            if (f.name in WEIGHT_FIELDS or f.name.startswith("w_")) and value is not None and value < 0:
                 raise ConfigError(f"{prefix}.{f.name}", f"loss weight must be >= 0, got {value}", "use a value >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, default: Any) -> Any:
-    """Convert CLI strings / tune values to the type of the field's default."""
+#: kept for readability at call sites that build a whole objective
+DistillerConfig = TermConfig
+
+
+def coerce(value: Any, default: Any) -> Any:
+    """Convert CLI strings / tune values to the type of the field's default (``None`` defaults keep the value)."""
     if isinstance(default, bool):
         if isinstance(value, str):
             if value.lower() in ("1", "true", "yes", "on"):
@@ -78,7 +84,7 @@ def _coerce(value: Any, default: Any) -> Any:
                 return False
             raise ValueError(value)
         return bool(value)
-    if isinstance(default, int) and not isinstance(default, bool):
+    if isinstance(default, int):
         f = float(value)
         if f != int(f):
             raise ValueError(value)
@@ -94,7 +100,7 @@ def _coerce(value: Any, default: Any) -> Any:
 
 @dataclass(frozen=True)
 class DistillContext:
-    """What a distiller may know about the run besides the two models."""
+    """What a term may know about the run besides the two models."""
 
     num_classes: int
     num_train_samples: int  # size of the index space of ``batch["index"]`` (memory banks)
@@ -107,19 +113,23 @@ class StepOutput(NamedTuple):
 
 
 class InitStage(NamedTuple):
-    """An initialisation stage run before the main training (AB, FT, FSP; RepDistiller ``pretrain.init``)."""
+    """An initialisation stage run before the main training (AB, FT, FSP; RepDistiller ``helper/pretrain.py``)."""
 
     modules: list[nn.Module]  # put in train mode during the stage (everything else in eval)
     params: list[nn.Parameter]  # optimised during the stage
     epochs: int
     lr: float
-    loss: Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
+    loss: Callable[[Mapping[str, Tensor]], dict[str, Tensor]]  # batch -> weighted terms
 
 
-class Distiller(nn.Module):
-    """Base class of every method. Register subclasses with ``@DISTILLERS.register(name)``."""
+class LossTerm(nn.Module):
+    """One method's loss with its trainable adapters and state. Register with ``@DISTILLERS.register(name)``.
 
-    config_cls: ClassVar[type[DistillerConfig]] = DistillerConfig
+    Subclasses set the class attributes, build adapters in ``__init__`` from ``student.feature_info`` /
+    ``teacher.feature_info`` (without keeping references to the models) and implement :meth:`forward`.
+    """
+
+    config_cls: ClassVar[type[TermConfig]] = TermConfig
     #: batch keys the method needs beyond ``image``/``target`` (the data layer reads this)
     requires: ClassVar[frozenset[str]] = frozenset()
     #: False for plain supervised training (teacher training)
@@ -127,46 +137,73 @@ class Distiller(nn.Module):
     #: False when only logits are needed (skips collecting features)
     needs_features: ClassVar[bool] = True
 
-    def __init__(self, student: DistillModel, teacher: DistillModel | None, cfg: DistillerConfig, ctx: DistillContext):
+    def __init__(self, cfg: TermConfig, student: DistillModel, teacher: DistillModel | None, ctx: DistillContext):
         super().__init__()
-        if self.needs_teacher and teacher is None:
-            raise ConfigError("teacher", f"{type(self).__name__} needs a teacher", "pass --teacher-ckpt PATH")
-        self.student = student
-        self.teacher = teacher
         self.cfg = cfg
         self.ctx = ctx
-        if teacher is not None:
-            teacher.eval()
-            for p in teacher.parameters():
-                p.requires_grad_(False)
 
-    # ---------------------------------------------------------------- subclass API
-    def compute_losses(
-        self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]
-    ) -> dict[str, Tensor]:
-        """Weighted method-specific terms; empty for plain CE."""
+    def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The method's weighted loss terms (names become ``loss/<name>`` in the metrics)."""
         return {}
 
     def contrast_negatives(self) -> int | None:
         """Number of negatives K per sample when the method needs ``contrast_idx`` batches (CRD, CKTF)."""
         return None
 
-    def init_stage(self) -> InitStage | None:
+    def init_stage(self, student: DistillModel, teacher: DistillModel) -> InitStage | None:
         """The method's initialisation stage, if any (AB, FT, FSP)."""
         return None
 
-    def extra_modules(self) -> list[nn.Module]:
-        """Trainable adapters/heads besides the student (all joined to the student's SGD group)."""
-        return [m for name, m in self.named_children() if name not in ("student", "teacher")]
+    @classmethod
+    def combo_defaults(cls, partner: str, image_size: int) -> dict[str, Any]:
+        """Default overrides of this (primary) method's fields when combined with ``partner``."""
+        return {}
 
-    # ---------------------------------------------------------------- shared machinery
+    @classmethod
+    def combo_defaults_as_secondary(cls, primary: str) -> dict[str, Any]:
+        """Default overrides of this method's fields when it is the ``X`` of ``primary+X``."""
+        return {}
+
+    def on_train_start(self, student: DistillModel) -> None:
+        """Hook before the main stage (e.g. FT freezes its paraphraser)."""
+
+    def train(self, mode: bool = True) -> LossTerm:
+        return super().train(mode)
+
+
+class Distiller(nn.Module):
+    """Student + frozen teacher + weighted loss terms: the object the trainer optimises."""
+
+    def __init__(
+        self,
+        student: DistillModel,
+        teacher: DistillModel | None,
+        terms: Mapping[str, LossTerm],
+        gamma: float,
+        weights: Mapping[str, float] | None = None,
+        name: str = "",
+    ):
+        super().__init__()
+        needs_teacher = any(type(t).needs_teacher for t in terms.values())
+        if needs_teacher and teacher is None:
+            raise ConfigError("teacher_checkpoint", f"distiller {name!r} needs a teacher", "pass --teacher-ckpt PATH")
+        self.student = student
+        self.teacher = teacher if needs_teacher else None
+        self.terms = nn.ModuleDict(dict(terms))
+        self.gamma = float(gamma)
+        self.weights = {k: float((weights or {}).get(k, 1.0)) for k in terms}
+        self.name = name
+        self.requires = frozenset().union(*(type(t).requires for t in terms.values()))
+        self.needs_features = any(type(t).needs_features for t in terms.values())
+        if self.teacher is not None:
+            self.teacher.eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+
+    # ---------------------------------------------------------------- step
     def forward(self, batch: Mapping[str, Tensor]) -> StepOutput:
         image = batch["image"]
-        if self.needs_features:
-            s_out = self.student.forward_distill(image)
-        else:
-            logits = self.student(image)
-            s_out = DistillOutput((), (), (), logits.new_empty(0), logits)
+        s_out = self.student.forward_distill(image) if self.needs_features else _logits_only(self.student, image)
         t_out = None
         if self.teacher is not None:
             with torch.no_grad():
@@ -174,16 +211,41 @@ class Distiller(nn.Module):
                     self.teacher.forward_distill(image) if self.needs_features else _logits_only(self.teacher, image)
                 )
         losses: dict[str, Tensor] = {}
-        if self.cfg.gamma > 0:
-            losses["ce"] = self.cfg.gamma * F.cross_entropy(s_out.logits, batch["target"])
-        losses.update(self.compute_losses(s_out, t_out, batch))
+        if self.gamma > 0:
+            losses["ce"] = self.gamma * F.cross_entropy(s_out.logits, batch["target"])
+        for name, term in self.terms.items():
+            w = self.weights[name]
+            if w == 0:
+                continue
+            for key, value in term(s_out, t_out, batch).items():
+                losses[key if key not in losses else f"{name}/{key}"] = value if w == 1 else w * value
         return StepOutput(s_out.logits, losses)
 
+    # ---------------------------------------------------------------- what the trainer asks
+    def contrast_negatives(self) -> int | None:
+        ks = {k for t in self.terms.values() if (k := t.contrast_negatives()) is not None}
+        if len(ks) > 1:
+            raise ConfigError("distill.nce_k", f"terms ask for different numbers of negatives {sorted(ks)}")
+        return ks.pop() if ks else None
+
+    def init_stage(self) -> InitStage | None:
+        stages = [s for t in self.terms.values() if (s := t.init_stage(self.student, self.teacher)) is not None]
+        if len(stages) > 1:
+            raise ConfigError("distiller", f"{self.name} combines two methods with init stages")
+        return stages[0] if stages else None
+
+    def on_train_start(self) -> None:
+        for t in self.terms.values():
+            t.on_train_start(self.student)
+
+    def extra_modules(self) -> list[nn.Module]:
+        return list(self.terms.values())
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """Student plus adapters, never the teacher (RepDistiller's ``trainable_list``)."""
-        yield from self.student.parameters()
-        for m in self.extra_modules():
-            yield from m.parameters()
+        """Student plus every term's adapters/heads, never the teacher (RepDistiller's ``trainable_list``)."""
+        yield from (p for p in self.student.parameters() if p.requires_grad)
+        for term in self.terms.values():
+            yield from (p for p in term.parameters() if p.requires_grad)
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
@@ -205,16 +267,3 @@ class Distiller(nn.Module):
 def _logits_only(model: DistillModel, image: Tensor) -> DistillOutput:
     logits = model(image)
     return DistillOutput((), (), (), logits.new_empty(0), logits)
-
-
-def build_distiller(
-    name: str,
-    student: DistillModel,
-    teacher: DistillModel | None,
-    params: Mapping[str, Any],
-    ctx: DistillContext,
-) -> Distiller:
-    """Look ``name`` up in the registry, build its typed config from ``params`` and the distiller."""
-    cls = DISTILLERS.get(name)
-    cfg = cls.config_cls.from_dict(params)
-    return cls(student, teacher if cls.needs_teacher else None, cfg, ctx)

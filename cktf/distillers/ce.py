@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ._base import DISTILLERS, Distiller, DistillerConfig
+from ._base import DISTILLERS, LossTerm, TermConfig
 
 
 @DISTILLERS.register("ce", summary="cross-entropy only (teacher training, student baseline)")
-class CE(Distiller):
-    """Supervised training with labels; no teacher."""
+class CE(LossTerm):
+    """Supervised training with labels; no teacher, no extra term (the Distiller adds ``gamma * CE``)."""
 
-    config_cls = DistillerConfig
+    config_cls = TermConfig
     needs_teacher = False
     needs_features = False

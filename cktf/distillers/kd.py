@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..models import DistillOutput
-from ._base import DISTILLERS, Distiller, DistillerConfig
+from ._base import DISTILLERS, LossTerm, TermConfig
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -24,7 +25,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
 
 
 @dataclass
-class KDConfig(DistillerConfig):
+class KDConfig(TermConfig):
     """RepDistiller's KD row: ``-r 0.1 -a 0.9 -b 0``, T = 4 (spec section 4)."""
 
     gamma: float = 0.1  # CE weight (-r)
@@ -38,14 +39,17 @@ class KDConfig(DistillerConfig):
 
 
 @DISTILLERS.register("kd", summary="Hinton KD: KL between softened logits (T=4)")
-class KD(Distiller):
+class KD(LossTerm):
     """Distilling the Knowledge in a Neural Network: soft-target KL on the logits."""
 
     config_cls = KDConfig
     needs_features = False
 
-    def compute_losses(
-        self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]
-    ) -> dict[str, Tensor]:
+    @classmethod
+    def combo_defaults_as_secondary(cls, primary: str) -> dict[str, Any]:
+        """CRD+KD and CKTF+KD (Table 1) run KD at ``-a 1``."""
+        return {"alpha": 1.0}
+
+    def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None
         return {"kd": self.cfg.alpha * kd_loss(s.logits, t.logits, self.cfg.temperature)}

@@ -79,7 +79,7 @@ def train_one_epoch(
         seen += n
         for k, v in out.losses.items():
             sums[k] = sums.get(k, 0) + v.detach().float() * n
-        if "target" in batch and distiller.cfg.gamma > 0:
+        if "target" in batch and distiller.gamma > 0:
             correct += (out.logits.detach().argmax(1) == batch["target"]).sum()
         if (step + 1) % SYNC_EVERY == 0:
             vals = _check_finite(sums, f"at epoch {epoch}, step {step}")
@@ -91,7 +91,7 @@ def train_one_epoch(
     vals = _check_finite(sums, f"at the end of epoch {epoch}")
     metrics = {f"loss/{k}": v / max(seen, 1) for k, v in vals.items()}
     metrics["loss/total"] = sum(metrics.values())
-    if distiller.cfg.gamma > 0:
+    if distiller.gamma > 0:
         metrics["train_acc"] = 100.0 * float(correct) / max(seen, 1)
     metrics["epoch_time_s"] = elapsed
     metrics["images_per_s"] = seen / elapsed if elapsed > 0 else 0.0

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data import DATASETS, BatchLoader, ContrastConfig, Splits, load_splits
-from ..distillers import DISTILLERS, DistillContext, Distiller, build_distiller
+from ..distillers import DistillContext, Distiller, build_distiller, needs_teacher, parse_params
 from ..errors import ConfigError
 from ..models import MODELS, DistillModel, create_model
 from .callbacks import Callback
@@ -66,11 +66,10 @@ def validate_names(cfg: RunConfig, image_size: int | None = None) -> None:
     """
     cfg.validate()
     spec = DATASETS.get(cfg.data.dataset)
-    cls = DISTILLERS.get(cfg.distiller)
-    cls.config_cls.from_dict(cfg.distill_params)
     size = image_size or cfg.data.image_size or spec.image_size
+    parse_params(cfg.distiller, cfg.distill_params, size)
     _check_arch(cfg.student, size, "student")
-    if cls.needs_teacher:
+    if needs_teacher(cfg.distiller):
         if not cfg.teacher_checkpoint:
             raise ConfigError(
                 "teacher_checkpoint", f"distiller {cfg.distiller!r} needs a teacher", "pass --teacher-ckpt PATH"
@@ -121,8 +120,7 @@ def prepare_run(cfg: RunConfig, splits: Splits | None = None, teacher: DistillMo
     num_classes = splits.spec.num_classes or len(splits.train.classes)
     seed_everything(cfg.train.seed)
     student = create_model(cfg.student, num_classes=num_classes)
-    cls = DISTILLERS.get(cfg.distiller)
-    if cls.needs_teacher and teacher is None:
+    if needs_teacher(cfg.distiller) and teacher is None:
         teacher, meta = load_model(cfg.teacher_checkpoint)
         if meta.get("dataset") not in (None, cfg.data.dataset) or teacher.num_classes != num_classes:
             log.warning(
@@ -171,7 +169,7 @@ def _weights_meta(p: Prepared, epoch: int, metrics: dict[str, float]) -> dict[st
     }
 
 
-def run_init_stage(p: Prepared, loader: BatchLoader, progress: bool) -> None:
+def run_init_stage(p: Prepared, loader: BatchLoader) -> None:
     """AB/FT/FSP initialisation (RepDistiller ``helper/pretrain.py``): only the stage's modules train."""
     stage = p.distiller.init_stage()
     if stage is None:
@@ -179,18 +177,23 @@ def run_init_stage(p: Prepared, loader: BatchLoader, progress: bool) -> None:
     opt = torch.optim.SGD(
         stage.params, lr=stage.lr, momentum=p.cfg.optim.momentum, weight_decay=p.cfg.optim.weight_decay
     )
+    max_steps = p.cfg.train.max_steps_per_epoch or len(loader)
     for epoch in range(stage.epochs):
         p.distiller.eval()
         for m in stage.modules:
             m.train()
-        loader.set_epoch(-1 - epoch)
-        for batch in loader:
+        loader.set_epoch(-1 - epoch)  # its own shuffles, distinct from the main stage's
+        total = torch.zeros((), device=p.device)
+        for step, batch in enumerate(loader):
+            if step >= max_steps:
+                break
             with autocast(p.device, p.cfg.train.bf16):
                 loss = sum(stage.loss(batch).values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        log.info("init stage epoch %d/%d: loss %.4f", epoch + 1, stage.epochs, float(loss))
+            total += loss.detach()
+        log.info("init stage epoch %d/%d: mean loss %.4f", epoch + 1, stage.epochs, float(total) / max(step, 1))
 
 
 def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
@@ -226,8 +229,9 @@ def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         for cb in callbacks:
             cb.on_run_start(cfg.to_dict(), info)
         if not init_done:
-            run_init_stage(p, train_loader, cfg.train.progress)
+            run_init_stage(p, train_loader)
             init_done = True
+        distiller.on_train_start()
         with open(out / "metrics.jsonl", "w") as f:  # rewritten so a resumed run has no duplicate epochs
             f.writelines(json.dumps(m) + "\n" for m in history)
         epochs = range(start, cfg.train.epochs)
