@@ -1,0 +1,70 @@
+"""Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons (Heo et al., AAAI 2019).
+
+RepDistiller ``distiller_zoo/AB.py`` (``ABLoss``), ``models/util.py`` (``Connector``), ``helper/pretrain.py`` and the
+``abound`` branches of ``train_student.py`` / ``helper/loops.py``. AB is an *initialisation* method: for 30 epochs
+the connectors and the student's feature modules (not its classifier) are trained with ABLoss on the stage
+pre-activations (``preact=True``, ``feat[1:-1]``: our ``preact_feats[1:]``); the main stage is then CE only
+(upstream ``loss_kd = 0``, so the script's ``-b 1`` multiplies zero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..losses import ab_loss
+from ..models import DistillModel, DistillOutput
+from ._base import DISTILLERS, DistillContext, InitStage, LossTerm
+from .adapters import Connector, InitStageConfig, feature_modules, official_init_lr
+
+
+@dataclass
+class ABConfig(InitStageConfig):
+    """RepDistiller ``--distill abound``: 30 init epochs at the main lr (0.05), then CE only."""
+
+    beta: float = 0.0  # main-stage AB weight: 0 = official (loss_kd = 0 in train_distill; -b 1 has no effect)
+    margin: float = 1.0  # activation-boundary margin m (ABLoss margin)
+
+
+@DISTILLERS.register("ab", summary="AB: init stage matching activation boundaries of every stage, then CE")
+class AB(LossTerm):
+    """Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons."""
+
+    config_cls = ABConfig
+
+    def __init__(self, cfg: ABConfig, student: DistillModel, teacher: DistillModel, ctx: DistillContext):
+        super().__init__(cfg, student, teacher, ctx)
+        s_shapes = student.feature_shapes(ctx.image_size)[1:]
+        t_shapes = teacher.feature_shapes(ctx.image_size)[1:]
+        pairs = zip(student.feature_info[1:], teacher.feature_info[1:])
+        names = [f"student {s.name} vs teacher {t.name}" for s, t in pairs]
+        try:
+            self.connector = Connector(s_shapes, t_shapes, names)
+        except ValueError as e:
+            raise ConfigError("distiller", f"ab: {e}", "use a student and teacher with compatible stages") from None
+        self.init_lr = cfg.init_lr or official_init_lr(student, "ab")
+
+    def _loss(self, s: DistillOutput, t: DistillOutput) -> Tensor:
+        return sum(ab_loss(self.connector(s.preact_feats[1:]), t.preact_feats[1:], self.cfg.margin))
+
+    def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        assert t is not None
+        return {"ab": self.cfg.beta * self._loss(s, t)} if self.cfg.beta > 0 else {}
+
+    def init_stage(self, student: DistillModel, teacher: DistillModel) -> InitStage | None:
+        if self.cfg.init_epochs == 0:
+            return None
+        modules = [self.connector, *feature_modules(student)]
+
+        def loss(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+            s = student.forward_distill(batch["image"])
+            with torch.no_grad():
+                t = teacher.forward_distill(batch["image"])
+            return {"ab_init": self._loss(s, t)}
+
+        params = [p for m in modules for p in m.parameters()]
+        return InitStage(modules, params, self.cfg.init_epochs, self.init_lr, loss)

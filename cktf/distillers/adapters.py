@@ -1,0 +1,191 @@
+"""Trainable adapters of the baseline distillers, and the two rules their init stages share.
+
+Copied from RepDistiller ``models/util.py`` (``ConvReg``, ``LinearEmbed``, ``Connector``, ``Paraphraser``,
+``Translator``) and ``distiller_zoo/VID.py`` (the ``VIDLoss`` regressor and ``log_scale``), with the same layers,
+defaults and attribute names, so official state dicts load. Shapes are ``(C, H, W)`` from
+``DistillModel.feature_shapes`` instead of a probing forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..losses import vid_init_log_scale
+from ..models import DistillModel
+from ._base import TermConfig
+
+Shape = Sequence[int]  # (C, H, W)
+
+
+class ConvReg(nn.Module):
+    """Convolutional regression for FitNet (RepDistiller ``ConvReg``): conv + BN (+ ReLU) onto the teacher's shape.
+
+    Student height twice the teacher's: 3x3 stride-2 conv; half: 4x4 stride-2 transposed conv; otherwise (``>=``) a
+    ``(1+dH) x (1+dW)`` valid conv. A smaller student map of any other size raises ``ValueError`` (upstream crashes).
+    """
+
+    def __init__(self, s_shape: Shape, t_shape: Shape, use_relu: bool = True):
+        super().__init__()
+        (s_c, s_h, s_w), (t_c, t_h, t_w) = s_shape[-3:], t_shape[-3:]
+        if s_h == 2 * t_h:
+            self.conv: nn.Module = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
+        elif s_h * 2 == t_h:
+            self.conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
+        elif s_h >= t_h and s_w >= t_w:
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+        else:
+            raise ValueError(
+                f"ConvReg cannot map a {s_h}x{s_w} student map onto a {t_h}x{t_w} teacher map "
+                "(the student map must be twice, half, or at least the teacher's size)"
+            )
+        self.bn = nn.BatchNorm2d(t_c)
+        self.use_relu = use_relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.bn(self.conv(x))
+        return torch.relu(x) if self.use_relu else x
+
+
+class LinearEmbed(nn.Module):
+    """CC's linear embedding (RepDistiller ``LinearEmbed``): ``flatten -> Linear(dim_in, dim_out)``, no norm."""
+
+    def __init__(self, dim_in: int, dim_out: int = 128):
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x.reshape(x.shape[0], -1))
+
+
+class VIDRegressor(nn.Module):
+    """VID's per-layer mean regressor and learned variance (RepDistiller ``VIDLoss(s_C, t_C, t_C)``).
+
+    Three bias-free 1x1 convs ``s_C -> mid -> mid -> t_C`` with ReLUs; ``log_scale`` (one per teacher channel) starts
+    where ``softplus(log_scale) + eps == init_pred_var``. ``forward`` returns the predicted mean.
+    """
+
+    def __init__(self, s_c: int, mid_c: int, t_c: int, init_pred_var: float = 5.0, eps: float = 1e-5):
+        super().__init__()
+        self.regressor = nn.Sequential(
+            nn.Conv2d(s_c, mid_c, kernel_size=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(mid_c, mid_c, kernel_size=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(mid_c, t_c, kernel_size=1, bias=False),
+        )
+        self.log_scale = nn.Parameter(torch.full((t_c,), vid_init_log_scale(init_pred_var, eps)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.regressor(x)
+
+
+class Connector(nn.Module):
+    """AB's connectors (RepDistiller ``Connector``): identity where channels and height match, else ConvReg, no ReLU.
+
+    ``names`` label the layers in the ``ValueError`` raised for unequal lengths or a shape ConvReg cannot map.
+    """
+
+    def __init__(self, s_shapes: Sequence[Shape], t_shapes: Sequence[Shape], names: Sequence[str] = ()):
+        super().__init__()
+        if len(s_shapes) != len(t_shapes):
+            raise ValueError(f"unequal numbers of layers: student {len(s_shapes)}, teacher {len(t_shapes)}")
+        self.connectors = nn.ModuleList()
+        for i, (s, t) in enumerate(zip(s_shapes, t_shapes)):
+            try:
+                conn = nn.Sequential() if s[0] == t[0] and s[1] == t[1] else ConvReg(s, t, use_relu=False)
+            except ValueError as e:
+                raise ValueError(f"{names[i] if i < len(names) else f'layer {i}'}: {e}") from None
+            self.connectors.append(conn)
+
+    def forward(self, g_s: Sequence[Tensor]) -> list[Tensor]:
+        return [c(g) for c, g in zip(self.connectors, g_s)]
+
+
+def _ft_stack(convs: Sequence[nn.Module], channels: Sequence[int], use_bn: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for conv, c in zip(convs, channels):
+        layers += [conv, nn.BatchNorm2d(c) if use_bn else nn.Sequential(), nn.LeakyReLU(0.1, inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class Paraphraser(nn.Module):
+    """FT's teacher-side autoencoder (RepDistiller ``Paraphraser(t_shape, k=0.5, use_bn=False)``).
+
+    Encoder: three 3x3 convs ``C -> C -> kC -> kC``; decoder: three 3x3 transposed convs back to ``C``; LeakyReLU(0.1)
+    after every layer (the reconstruction too). ``forward(x)`` returns ``(factor, reconstruction)``.
+    """
+
+    def __init__(self, t_channels: int, k: float = 0.5, use_bn: bool = False):
+        super().__init__()
+        c, o = t_channels, int(t_channels * k)
+        self.encoder = _ft_stack(
+            [nn.Conv2d(c, c, 3, 1, 1), nn.Conv2d(c, o, 3, 1, 1), nn.Conv2d(o, o, 3, 1, 1)], [c, o, o], use_bn
+        )
+        self.decoder = _ft_stack(
+            [nn.ConvTranspose2d(o, o, 3, 1, 1), nn.ConvTranspose2d(o, c, 3, 1, 1), nn.ConvTranspose2d(c, c, 3, 1, 1)],
+            [o, c, c],
+            use_bn,
+        )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        factor = self.encoder(x)
+        return factor, self.decoder(factor)
+
+
+class Translator(nn.Module):
+    """FT's student-side encoder (RepDistiller ``Translator(s_shape, t_shape, k=0.5, use_bn=True)``).
+
+    Three 3x3 convs ``s_C -> s_C -> k*t_C -> k*t_C``, each followed by BN and LeakyReLU(0.1).
+    """
+
+    def __init__(self, s_channels: int, t_channels: int, k: float = 0.5, use_bn: bool = True):
+        super().__init__()
+        c, o = s_channels, int(t_channels * k)
+        self.encoder = _ft_stack(
+            [nn.Conv2d(c, c, 3, 1, 1), nn.Conv2d(c, o, 3, 1, 1), nn.Conv2d(o, o, 3, 1, 1)], [c, o, o], use_bn
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+
+# ------------------------------------------------------------------------------------------ init-stage rules
+@dataclass
+class InitStageConfig(TermConfig):
+    """Fields of the methods with an init stage (AB, FT, FSP; RepDistiller ``helper/pretrain.py``)."""
+
+    init_epochs: int = 30  # init-stage epochs (--init_epochs 30); 0 skips the stage
+    init_lr: float = 0.0  # init-stage SGD lr; 0 = the official rule (FT on CIFAR ResNet/WRN: 0.01, else optim.lr)
+
+    def validate(self, prefix: str = "distill") -> None:
+        super().validate(prefix)
+        if self.init_epochs < 0:
+            raise ConfigError(f"{prefix}.init_epochs", f"must be >= 0, got {self.init_epochs}", "e.g. 30")
+        if self.init_lr < 0:
+            raise ConfigError(f"{prefix}.init_lr", f"must be >= 0 (0 = official rule), got {self.init_lr}")
+
+
+def feature_modules(student: DistillModel) -> list[nn.Module]:
+    """The student's children except the one holding the classifier (RepDistiller ``model.get_feat_modules()``)."""
+    head = student.classifier_module()
+    return [m for m in student.children() if not any(sub is head for sub in m.modules())]
+
+
+def official_init_lr(student: DistillModel, method: str) -> float | None:
+    """The init-stage learning rate of RepDistiller ``helper/pretrain.py``.
+
+    FT (``factor``) with a CIFAR ResNet / WRN student: 0.01. Otherwise ``opt.learning_rate``, i.e. the main
+    stage's learning rate: ``None`` here, which the trainer fills with ``optim.lr`` (0.05 by default; the
+    official scripts run 0.01 for MobileNetV2 / ShuffleNet students, which their studies set explicitly).
+    """
+    from ..models.resnet_cifar import CifarResNet
+    from ..models.wrn import WideResNet
+
+    if method == "ft" and isinstance(student, (CifarResNet, WideResNet)):
+        return 0.01
+    return None

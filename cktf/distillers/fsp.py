@@ -1,0 +1,76 @@
+"""A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and Transfer Learning (Yim et al.,
+CVPR 2017).
+
+RepDistiller ``distiller_zoo/FSP.py`` (``FSP``), ``helper/pretrain.py`` and the ``fsp`` branches of
+``train_student.py`` / ``helper/loops.py``. FSP is an *initialisation* method: for 30 epochs the student's feature
+modules (not its classifier) are trained to match the FSP matrices of consecutive pairs of ``feat[:-1]`` (our
+``feats``: (stem, stage1), (stage1, stage2), ...); the main stage is then CE only (upstream ``loss_kd = 0``, so the
+script's ``-b 50`` multiplies zero). The matrices are ``C_top x C_bottom``, so every layer needs equal student and
+teacher channel counts ("N/A" in the paper's tables, e.g. WRN-40-2 -> WRN-40-1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..losses import fsp_loss
+from ..models import DistillModel, DistillOutput
+from ._base import DISTILLERS, DistillContext, InitStage, LossTerm
+from .adapters import InitStageConfig, feature_modules, official_init_lr
+
+
+@dataclass
+class FSPConfig(InitStageConfig):
+    """RepDistiller ``--distill fsp``: 30 init epochs at the main lr (0.05), then CE only."""
+
+    beta: float = 0.0  # main-stage FSP weight: 0 = official (loss_kd = 0 in train_distill; -b 50 has no effect)
+
+
+def _label(model: DistillModel) -> str:
+    return f"{type(model).__name__}[{'/'.join(str(fi.num_chs) for fi in model.feature_info)}]"
+
+
+@DISTILLERS.register("fsp", summary="FSP: init stage matching flow (FSP) matrices of consecutive layers, then CE")
+class FSP(LossTerm):
+    """A Gift from Knowledge Distillation: match the flow-of-solution-procedure matrices between layers."""
+
+    config_cls = FSPConfig
+
+    def __init__(self, cfg: FSPConfig, student: DistillModel, teacher: DistillModel, ctx: DistillContext):
+        super().__init__(cfg, student, teacher, ctx)
+        s_info, t_info = student.feature_info, teacher.feature_info
+        what = f"FSP needs equal layers and channel counts in student {_label(student)} and teacher {_label(teacher)}"
+        if len(s_info) != len(t_info):
+            raise ConfigError("distiller", f"{what}: {len(s_info)} vs {len(t_info)} layers", "use another method")
+        for s, t in zip(s_info, t_info):
+            if s.num_chs != t.num_chs:
+                raise ConfigError(
+                    "distiller",
+                    f"{what}: student {s.name} has {s.num_chs} channels, teacher {t.name} has {t.num_chs} "
+                    "(N/A in the paper's tables)",
+                    "use another method or a teacher of the same width",
+                )
+        self.init_lr = cfg.init_lr or official_init_lr(student, "fsp")
+
+    def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        assert t is not None
+        return {"fsp": self.cfg.beta * sum(fsp_loss(s.feats, t.feats))} if self.cfg.beta > 0 else {}
+
+    def init_stage(self, student: DistillModel, teacher: DistillModel) -> InitStage | None:
+        if self.cfg.init_epochs == 0:
+            return None
+        modules = feature_modules(student)
+
+        def loss(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+            s = student.forward_distill(batch["image"])
+            with torch.no_grad():
+                t = teacher.forward_distill(batch["image"])
+            return {"fsp_init": sum(fsp_loss(s.feats, t.feats))}
+
+        params = [p for m in modules for p in m.parameters()]
+        return InitStage(modules, params, self.cfg.init_epochs, self.init_lr, loss)

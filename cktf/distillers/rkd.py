@@ -1,0 +1,36 @@
+"""Relational Knowledge Distillation (Park et al., CVPR 2019).
+
+RepDistiller ``distiller_zoo/RKD.py`` (``RKDLoss(w_d=25, w_a=50)``) and the ``rkd`` branch of ``helper/loops.py``:
+distance and angle relations of the pooled features (``feat[-1]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..losses import rkd_loss
+from ..models import DistillOutput
+from ._base import DISTILLERS, LossTerm, TermConfig
+
+
+@dataclass
+class RKDConfig(TermConfig):
+    """RepDistiller ``scripts/run_cifar_distill.sh``: ``--distill rkd -a 0 -b 1``; ``RKDLoss`` defaults."""
+
+    beta: float = 1.0  # RKD weight (-b)
+    w_d: float = 25.0  # distance-wise term weight (RKDLoss w_d)
+    w_a: float = 50.0  # angle-wise term weight (RKDLoss w_a)
+
+
+@DISTILLERS.register("rkd", summary="RKD: distance + angle relations of the pooled features")
+class RKD(LossTerm):
+    """Relational Knowledge Distillation: pairwise distances and triplet angles of the pooled features."""
+
+    config_cls = RKDConfig
+
+    def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        assert t is not None
+        return {"rkd": self.cfg.beta * rkd_loss(s.pooled, t.pooled, self.cfg.w_d, self.cfg.w_a)}
