@@ -93,7 +93,9 @@ def cmd_distillers(args: argparse.Namespace) -> int:
         needs = ",".join(sorted(set().union(*(c.requires for c in classes)))) or "-"
         teacher = "yes" if any(c.needs_teacher for c in classes) else "no"
         if secondary is None:
-            summary = DISTILLERS.meta(name).get("summary", "")
+            summary = DISTILLERS.meta(primary).get("summary", "") + (
+                f" (preset of {primary})" if name != primary else ""
+            )
         else:
             summary = f"Eq. 1: gamma*CE + {primary} + theta*{secondary} (fields: {secondary}.<field>, theta)"
         print(f"{name:<14} {teacher:<7} {needs:<22} {summary}")

@@ -1,6 +1,6 @@
 """Distillers: one registered loss term per method, combined into objectives (see ``cktf distillers``)."""
 
-from . import ce, kd  # noqa: F401  (registration)
+from . import ab, at, cc, ce, cktf, crd, fitnet, fsp, ft, kd, nst, pkt, rkd, sp, vid  # noqa: F401  (registration)
 from ._base import (
     DISTILLERS,
     DistillContext,

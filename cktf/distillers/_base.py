@@ -118,7 +118,7 @@ class InitStage(NamedTuple):
     modules: list[nn.Module]  # put in train mode during the stage (everything else in eval)
     params: list[nn.Parameter]  # optimised during the stage
     epochs: int
-    lr: float
+    lr: float | None  # None = the main stage's optim.lr (RepDistiller's opt.learning_rate)
     loss: Callable[[Mapping[str, Tensor]], dict[str, Tensor]]  # batch -> weighted terms
 
 

@@ -175,7 +175,10 @@ def run_init_stage(p: Prepared, loader: BatchLoader) -> None:
     if stage is None:
         return
     opt = torch.optim.SGD(
-        stage.params, lr=stage.lr, momentum=p.cfg.optim.momentum, weight_decay=p.cfg.optim.weight_decay
+        stage.params,
+        lr=stage.lr if stage.lr is not None else p.cfg.optim.lr,
+        momentum=p.cfg.optim.momentum,
+        weight_decay=p.cfg.optim.weight_decay,
     )
     max_steps = p.cfg.train.max_steps_per_epoch or len(loader)
     for epoch in range(stage.epochs):
