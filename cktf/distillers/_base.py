@@ -139,6 +139,9 @@ class LossTerm(nn.Module):
 
     def __init__(self, cfg: TermConfig, student: DistillModel, teacher: DistillModel | None, ctx: DistillContext):
         super().__init__()
+        if self.needs_teacher and teacher is None:
+            name = type(self).__name__
+            raise ConfigError("teacher_checkpoint", f"{name} needs a teacher", "pass --teacher-ckpt PATH")
         self.cfg = cfg
         self.ctx = ctx
 

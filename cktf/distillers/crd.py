@@ -132,8 +132,6 @@ class CRD(LossTerm):
 
     def __init__(self, cfg: CRDConfig, student: DistillModel, teacher: DistillModel | None, ctx: DistillContext):
         super().__init__(cfg, student, teacher, ctx)
-        if teacher is None:
-            raise ConfigError("teacher_checkpoint", "crd needs a teacher", "pass --teacher-ckpt PATH")
         self.cfg: CRDConfig = cfg
         self.n_data = int(ctx.num_train_samples)
         self.critic = ContrastModule(
