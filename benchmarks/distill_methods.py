@@ -41,15 +41,32 @@ def method_params(name: str, nce_k: int, init_epochs: int) -> dict:
     return out
 
 
+#: exact alternatives to the official gathered scoring of CRD/CKTF, timed next to it with --scoring-variants
+SCORING_VARIANTS = {"low_memory": {"low_memory": True}, "dense": {"dense_scores": True}}
+
+
+def timing_variants(names: list[str], with_scoring: bool) -> list[tuple[str, str, dict]]:
+    """(label, objective, extra primary params): each objective, plus its scoring variants when contrastive."""
+    out = []
+    for name in names:
+        out.append((name, name, {}))
+        primary, _ = split_name(name)
+        if with_scoring and "dense_scores" in DISTILLERS.get(primary).config_cls.__dataclass_fields__:
+            out += [(f"{name} [{label}]", name, extra) for label, extra in SCORING_VARIANTS.items()]
+    return out
+
+
 def time_steps(args, splits, names: list[str]) -> None:
     device = torch.device(args.device)
     ctx = DistillContext(num_classes=splits.num_classes, num_train_samples=len(splits.train), image_size=32)
     builds = {}
-    for name in names:
+    variants = timing_variants(names, args.scoring_variants)
+    for label, name, extra in variants:
         torch.manual_seed(0)
         student = create_model(args.student, splits.num_classes)
         teacher = create_model(args.teacher, splits.num_classes).eval()
-        d = build_distiller(name, student, teacher, method_params(name, args.timing_nce_k, 1), ctx).to(device)
+        params = {**method_params(name, args.timing_nce_k, 1), **extra}
+        d = build_distiller(name, student, teacher, params, ctx).to(device)
         k = d.contrast_negatives()
         loader = BatchLoader(
             splits.train,
@@ -60,8 +77,8 @@ def time_steps(args, splits, names: list[str]) -> None:
             contrast=ContrastConfig(k=k, replace=True) if k else None,  # N may exceed a slice's pool; not timed
         )
         opt = torch.optim.SGD(d.trainable_parameters(), lr=0.01, momentum=0.9)
-        builds[name] = (d, iter(_forever(loader)), opt)
-    times: dict[str, list[float]] = {n: [] for n in names}
+        builds[label] = (d, iter(_forever(loader)), opt)
+    times: dict[str, list[float]] = {label: [] for label in builds}
     for _ in range(args.rounds):
         for name, (d, batches, opt) in builds.items():
             d.train()
@@ -84,10 +101,10 @@ def time_steps(args, splits, names: list[str]) -> None:
         f"{args.rounds} rounds x {args.steps} steps (median)"
     )
     print("| objective | ms/step | x KD |\n|---|---|---|")
-    for name in names:
-        med = statistics.median(times[name]) * 1000
+    for label in builds:
+        med = statistics.median(times[label]) * 1000
         ratio = f"{med / (base * 1000):.2f}" if base else "-"
-        print(f"| {name} | {med:.1f} | {ratio} |")
+        print(f"| {label} | {med:.1f} | {ratio} |")
 
 
 def _forever(loader):
@@ -141,6 +158,7 @@ def main() -> None:
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--nce-k", type=int, default=4096, help="negatives for the short runs")
     p.add_argument("--out-dir", default="runs/bench-methods")
+    p.add_argument("--scoring-variants", action="store_true", help="also time CRD/CKTF with low_memory / dense_scores")
     args = p.parse_args()
     names = [n for n in (args.methods.split(",") if args.methods else objective_names()) if n and n != "ce"]
     data = DataConfig(dataset="cifar10", root=args.root, train_subset=args.train_subset, test_subset=2000)

@@ -96,6 +96,7 @@ class CKTFConfig(TermConfig):
     mapping: str = "last"  # stage pairing: first | last | random | max_cos | min_cos (official Last/.../Smallest)
     head: str = "linear"  # embedding heads: linear (Embed, every script) | mlp (CKTF --head mlp)
     low_memory: bool = False  # exact low-memory scoring: saves ~1.07 GB per critic at B=64, K=16384 (see CRDConfig)
+    dense_scores: bool = False  # one [B, N_data] matmul per bank instead of gathering [B, K+1, d] rows (faster)
 
     def __post_init__(self) -> None:
         if isinstance(self.tau, str):  # CLI / tune strings: the field's default is None, so coerce() keeps them
@@ -239,7 +240,9 @@ class CKTF(LossTerm):
         self.pool = FamilyPool(student.feature_pool)  # ST.determine_avgpool(model_s)
 
         def critic(s_dim: int, t_dim: int) -> ContrastModule:
-            return ContrastModule(s_dim, t_dim, cfg.feat_dim, self.n_data, cfg.nce_m, cfg.head, cfg.low_memory)
+            return ContrastModule(
+                s_dim, t_dim, cfg.feat_dim, self.n_data, cfg.nce_m, cfg.head, cfg.low_memory, cfg.dense_scores
+            )
 
         critics = {"stem": critic(dims[0], dims[0])}
         critics.update({f"stage{k}": critic(dims[k], dims[k]) for k in range(1, self.n_stages + 1)})

@@ -41,6 +41,7 @@ class ContrastModule(nn.Module):
         nce_m: bank momentum (0.5).
         head: ``"linear"`` (``Embed``, every released script) or ``"mlp"`` (CKTF ``--head mlp``).
         low_memory: use the exact low-memory scoring path of :class:`ContrastMemory`.
+        dense: score against the whole bank with one matmul (:class:`ContrastMemory` ``dense``).
     """
 
     def __init__(
@@ -52,12 +53,13 @@ class ContrastModule(nn.Module):
         nce_m: float,
         head: str = "linear",
         low_memory: bool = False,
+        dense: bool = False,
     ):
         super().__init__()
         head_cls = HEADS[head]
         self.embed_s = head_cls(s_dim, feat_dim)
         self.embed_t = head_cls(t_dim, feat_dim)
-        self.memory = ContrastMemory(feat_dim, n_data, momentum=nce_m, low_memory=low_memory)
+        self.memory = ContrastMemory(feat_dim, n_data, momentum=nce_m, low_memory=low_memory, dense=dense)
 
     def forward(self, f_s: Tensor, f_t: Tensor, index: Tensor, contrast_idx: Tensor, temperature: float) -> Tensor:
         """Unweighted two-sided CRD loss of one feature pair, then the memory update (fp32, autocast off).
@@ -100,6 +102,7 @@ class CRDConfig(TermConfig):
     nce_k: int = 16384  # negatives per anchor K
     nce_m: float = 0.5  # memory momentum
     low_memory: bool = False  # exact low-memory scoring (see the class docstring)
+    dense_scores: bool = False  # one [B, N_data] matmul per bank instead of gathering [B, K+1, d] rows (faster)
 
     def validate(self, prefix: str = "distill") -> None:
         super().validate(prefix)
@@ -135,7 +138,14 @@ class CRD(LossTerm):
         self.cfg: CRDConfig = cfg
         self.n_data = int(ctx.num_train_samples)
         self.critic = ContrastModule(
-            student.num_features, teacher.num_features, cfg.feat_dim, self.n_data, cfg.nce_m, "linear", cfg.low_memory
+            student.num_features,
+            teacher.num_features,
+            cfg.feat_dim,
+            self.n_data,
+            cfg.nce_m,
+            "linear",
+            cfg.low_memory,
+            cfg.dense_scores,
         )
 
     def contrast_negatives(self) -> int:
