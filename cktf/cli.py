@@ -187,6 +187,69 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- studies
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = _parse_set(getattr(args, "set", None) or [])
+    if getattr(args, "data_root", None):
+        out["data.root"] = args.data_root
+    return out
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Run or resume a study; exit 0 when complete, 3 when it ended early (resume it with --resume)."""
+    from .tune.driver import run_study
+    from .tune.study import load_study
+
+    cfg = load_study(args.study, _overrides(args))
+    outcome = run_study(cfg, resume=args.resume, progress=not args.quiet)
+    counts = ", ".join(f"{k} {v}" for k, v in outcome.counts.items() if v)
+    print(f"study {cfg.name}: {'complete' if outcome.complete else 'INCOMPLETE'} ({counts}) in {outcome.wall_s:.0f}s")
+    if outcome.best:
+        b = outcome.best
+        test = b.get("test_acc") or float("nan")
+        print(f"best trial {b['trial_id']}: val {b['best_val_acc']:.2f}%  test {test:.2f}%")
+    print(f"study dir: {outcome.study_dir}  (cktf report / cktf export {outcome.study_dir} --out student.safetensors)")
+    if not outcome.complete:
+        print(f"cktf: the study ended early; continue it with: cktf tune {args.study} --resume", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .tune.export import export_best
+
+    info = export_best(args.study, args.out, onnx=args.onnx)
+    print(
+        f"wrote {args.out} (+ {Path(args.out).with_suffix('.json').name}): {info['architecture']} from trial"
+        f" {info['trial']}, val {info['metric']['value']:.2f}%, test {info['test_acc'] or float('nan'):.2f}%"
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .tune.export import resolve_study_dir
+    from .tune.report import write_report
+
+    out = write_report(resolve_study_dir(args.study), top_k=args.top_k)
+    print((out / "summary.md").read_text())
+    print(f"report written to {out}/")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Open the MLflow UI on the study store, bound to localhost (port-forward to reach it remotely)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri]
+    cmd += ["--host", args.host, "--port", str(args.port)]
+    print("running:", " ".join(cmd))
+    if args.dry_run:
+        return 0
+    return subprocess.call(cmd)
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -241,6 +304,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-ckpt", required=True, help="teacher weights (.safetensors written by cktf)")
     p.add_argument("--distiller", default="kd", help="method (see `cktf distillers`)")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("tune", help="run a hyper-parameter study (Ray Tune + ASHA + Optuna, logged to MLflow)")
+    p.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study (finished trials are kept)")
+    p.add_argument("--data-root", default=None, help="override data.root of the study file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study field (search.num_samples=4)")
+    p.add_argument("--quiet", action="store_true", help="no Ray progress tables")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("export", help="write the best finished trial's student (.safetensors + .json)")
+    p.add_argument("study", help="study directory, study YAML or study name")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--onnx", action="store_true", help="also write an ONNX graph next to it")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="summarise a study: best vs baseline, top-k, anchors, plots")
+    p.add_argument("study", help="study directory, study YAML or study name")
+    p.add_argument("--top-k", type=int, default=10)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on a tracking store (localhost only)")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--dry-run", action="store_true", help="print the command only")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("quickstart", help="offline demo: resnet20 teacher then a KD resnet8 student on CIFAR-10")
     p.add_argument("--data-root", default=os.environ.get("CKTF_DATA_ROOT", "data"), help="folder with cifar10 data")

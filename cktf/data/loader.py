@@ -12,6 +12,7 @@ augmentation from a generator seeded with ``(seed, e)`` only, so a resumed run r
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -70,9 +71,12 @@ class BatchLoader:
         self.n = len(ds)
         self.sampler = ContrastSampler(ds.targets, contrast, self.device) if contrast is not None and train else None
         arr = ds.images
-        if type(arr) is not np.ndarray or not (arr.flags.writeable and arr.flags.c_contiguous):
-            arr = np.array(arr)  # a memory-mapped cache entry (read-only) is copied once
-        images = torch.from_numpy(arr)  # [N, H, W, 3] uint8
+        if type(arr) is not np.ndarray or not arr.flags.c_contiguous:
+            arr = np.array(arr)  # a memory-mapped cache entry is read into memory once
+        with warnings.catch_warnings():
+            # a read-only array is the Ray object store's zero-copy view: shared, never written (no copy)
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            images = torch.from_numpy(arr)  # [N, H, W, 3] uint8
         if self.device.type == "cuda":
             images = images.to(self.device)
         self.images = images

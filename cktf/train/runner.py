@@ -31,7 +31,7 @@ from .engine import autocast, evaluate, train_one_epoch
 log = logging.getLogger("cktf")
 
 #: config fields that may change when a run is resumed (everything else must match)
-RESUMABLE_CHANGES = {"train.epochs", "train.progress", "train.device", "resume"}
+RESUMABLE_CHANGES = {"train.epochs", "train.progress", "train.device", "resume", "out_dir", "teacher_checkpoint"}
 
 
 @dataclass
@@ -58,29 +58,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def validate_names(cfg: RunConfig, image_size: int | None = None) -> None:
+def validate_names(cfg: RunConfig, image_size: int | None = None, teacher_arch: str | None = None) -> None:
     """Cheap checks of every name, size and field; raises ConfigError / UnknownNameError.
 
     ``image_size`` is the loaded data's side; before loading it comes from the dataset spec
     (0 for ``imagefolder`` data, whose size is only known once read: then sizes are checked after loading).
+    ``teacher_arch``: the teacher is given in memory (a Tune trial), so its checkpoint file is not read.
     """
     cfg.validate()
     spec = DATASETS.get(cfg.data.dataset)
     size = image_size or cfg.data.image_size or spec.image_size
     parse_params(cfg.distiller, cfg.distill_params, size)
-    _check_arch(cfg.student, size, "student")
-    if needs_teacher(cfg.distiller):
+    check_arch(cfg.student, size, "student")
+    if needs_teacher(cfg.distiller) and teacher_arch is not None:
+        check_arch(teacher_arch, size, "teacher")
+    elif needs_teacher(cfg.distiller):
         if not cfg.teacher_checkpoint:
             raise ConfigError(
                 "teacher_checkpoint", f"distiller {cfg.distiller!r} needs a teacher", "pass --teacher-ckpt PATH"
             )
         meta = read_weights_meta(cfg.teacher_checkpoint)
-        _check_arch(meta["arch"], size, "teacher_checkpoint")
+        check_arch(meta["arch"], size, "teacher_checkpoint")
     elif cfg.teacher_checkpoint:
         raise ConfigError("teacher_checkpoint", f"distiller {cfg.distiller!r} trains without a teacher", "drop it")
 
 
-def _check_arch(name: str, size: int, field: str) -> None:
+def check_arch(name: str, size: int, field: str) -> None:
     MODELS.get(name)
     if not size:  # not known before the data is read
         return
@@ -110,13 +113,23 @@ def _check_resume(cfg: RunConfig, out: Path) -> bool:
     return True
 
 
-def prepare_run(cfg: RunConfig, splits: Splits | None = None, teacher: DistillModel | None = None) -> Prepared:
-    """Validate, load the data (unless given, e.g. from the Ray object store) and build the distiller."""
-    validate_names(cfg)
+def prepare_run(
+    cfg: RunConfig,
+    splits: Splits | None = None,
+    teacher: DistillModel | None = None,
+    teacher_arch: str | None = None,
+) -> Prepared:
+    """Validate, load the data (unless given, e.g. from the Ray object store) and build the distiller.
+
+    ``teacher`` (with its registered ``teacher_arch``) replaces reading ``cfg.teacher_checkpoint``.
+    """
+    if teacher is not None and teacher_arch is None:
+        raise ValueError("pass teacher_arch with an in-memory teacher")
+    validate_names(cfg, teacher_arch=teacher_arch)
     device = resolve_device(cfg.train.device)
     _check_resume(cfg, Path(cfg.out_dir))
     splits = splits if splits is not None else load_splits(cfg.data)
-    validate_names(cfg, splits.image_size)  # sizes of imagefolder data are known only now
+    validate_names(cfg, splits.image_size, teacher_arch)  # sizes of imagefolder data are known only now
     num_classes = splits.spec.num_classes or len(splits.train.classes)
     seed_everything(cfg.train.seed)
     student = create_model(cfg.student, num_classes=num_classes)

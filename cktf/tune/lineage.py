@@ -1,0 +1,179 @@
+"""Study lineage: the trial index on disk and the driver-side MLflow callback.
+
+* :class:`TrialIndex` -- ``<study_dir>/trials/<trial_id>.json``, one small file per trial (config,
+  status, per-epoch metrics, latest checkpoint, MLflow run id). ``cktf report`` and ``cktf export``
+  read it; it never depends on Ray's internal experiment format.
+* :class:`MLflowStudyCallback` -- one parent run per study (created by the driver), one child run per
+  trial found again by its ``cktf.trial_id`` tag, so a resumed or retried trial logs into the same
+  run. Only the whitelisted metrics go to MLflow (``step = epoch``); the final status is FINISHED
+  (ran ``max_t`` epochs), KILLED with tag ``cktf.status=pruned`` (ASHA stopped it) or FAILED.
+
+Ray pickles callbacks with the experiment (``Tuner.restore``), so the MLflow client is created lazily
+and left out of the pickle.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from .index import FAILED, FINISHED, MLFLOW_STATUS, PRUNED, RUNNING, TrialIndex, wanted_metrics
+
+__all__ = [
+    "FAILED",
+    "FINISHED",
+    "MLFLOW_STATUS",
+    "PRUNED",
+    "RUNNING",
+    "TrialIndex",
+    "wanted_metrics",
+    "MLflowStudyCallback",
+]
+
+
+def trial_config(trial: Any) -> dict[str, Any]:
+    return {k: v for k, v in dict(trial.config).items() if not str(k).startswith("_")}
+
+
+class MLflowStudyCallback(Callback):
+    """Driver-side MLflow logging of a study: child run per trial under the study's parent run."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        study_dir: str,
+        study_name: str,
+        max_t: int,
+        baseline: dict[str, Any],
+    ):
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.study_dir, self.study_name, self.max_t, self.baseline = study_dir, study_name, int(max_t), baseline
+        self._client = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self):
+        if self._client is None:
+            import mlflow
+
+            self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    @property
+    def index(self) -> TrialIndex:
+        return TrialIndex(self.study_dir)
+
+    # -------------------------------------------------------------- runs
+    def run_for(self, trial: Any) -> str:
+        """The trial's child run: from the index, else by tag, else a new one (params logged once)."""
+        rec = self.index.get(trial.trial_id)
+        run_id = rec.get("mlflow_run_id")
+        if not run_id:
+            found = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=(
+                    f"tags.`cktf.trial_id` = '{trial.trial_id}' and tags.`cktf.parent` = '{self.parent_run_id}'"
+                ),
+                max_results=1,
+            )
+            run_id = found[0].info.run_id if found else None
+        config = trial_config(trial)
+        is_baseline = bool(self.baseline) and all(config.get(k) == v for k, v in self.baseline.items())
+        if not run_id:
+            tags = {
+                "mlflow.parentRunId": self.parent_run_id,
+                "cktf.parent": self.parent_run_id,
+                "cktf.trial_id": trial.trial_id,
+                "cktf.study": self.study_name,
+                "cktf.baseline": str(is_baseline).lower(),
+            }
+            run = self.client.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
+            run_id = run.info.run_id
+            from mlflow.entities import Param
+
+            params = [Param(str(k), str(v)[:500]) for k, v in sorted(config.items())]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(run_id, params=params[i : i + 100])
+        if not rec:
+            self.index.update(
+                trial.trial_id,
+                created=time.time(),
+                config=config,
+                baseline=is_baseline,
+                status=RUNNING,
+                history=[],
+                mlflow_run_id=run_id,
+            )
+        else:
+            self.index.update(trial.trial_id, mlflow_run_id=run_id)
+        return run_id
+
+    def _set_status(self, trial: Any, status: str, error: str | None = None) -> None:
+        run_id = self.run_for(trial)
+        rec = self.index.get(trial.trial_id)
+        self.index.update(trial.trial_id, status=status, error=error, ended=time.time())
+        self.client.set_tag(run_id, "cktf.status", status)
+        if error:
+            self.client.set_tag(run_id, "cktf.error", error[-4000:])
+        best = rec.get("best_val_acc")
+        if best is not None:
+            self.client.log_metric(run_id, "final_best_val_acc", float(best), step=len(rec.get("history", [])))
+        self.client.set_terminated(run_id, MLFLOW_STATUS[status])
+
+    # -------------------------------------------------------------- Tune hooks
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        run_id = self.run_for(trial)
+        self.client.update_run(run_id, status="RUNNING")
+        self.index.update(trial.trial_id, status=RUNNING)
+
+    on_trial_restore = on_trial_start
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        run_id = self.run_for(trial)
+        self.client.set_tag(run_id, "cktf.retries", str(int(getattr(trial, "num_failures", 0))))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self.run_for(trial)
+        metrics = wanted_metrics(result)
+        step = int(result.get("epoch", result.get("training_iteration", 1) - 1))
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
+        rec = self.index.get(trial.trial_id)
+        history = [h for h in rec.get("history", []) if h.get("epoch") != step] + [{"epoch": step, **metrics}]
+        history.sort(key=lambda h: h["epoch"])
+        extra = {k: v for k, v in result.items() if str(k).startswith("data/")}
+        self.index.update(
+            trial.trial_id,
+            history=history,
+            iterations=int(result.get("training_iteration", len(history))),
+            best_val_acc=max((h["val_acc"] for h in history if "val_acc" in h), default=None),
+            data=extra or rec.get("data"),
+        )
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info) -> None:
+        self.index.update(
+            trial.trial_id, checkpoint=checkpoint.path, checkpoint_fs=type(checkpoint.filesystem).__name__
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        rec = self.index.get(trial.trial_id)
+        done = int(rec.get("iterations", 0)) >= self.max_t
+        self._set_status(trial, FINISHED if done else PRUNED)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        error = None
+        try:
+            if trial.error_file and Path(trial.error_file).exists():
+                error = Path(trial.error_file).read_text()
+        except Exception:  # the error text is best effort; the status is what matters
+            error = None
+        self._set_status(trial, FAILED, error or "trial failed (see the Ray trial directory)")

@@ -1,0 +1,69 @@
+"""ASHA whose rungs survive a driver restart.
+
+``Tuner.restore`` brings back the scheduler pickled at study start, with empty rungs
+(ray-project/ray#30838, reproduced in the ray-optuna-mlflow notes): a resumed study would stop
+trials at non-rung epochs and compare them against nothing. This subclass writes its rungs (a
+few numbers per trial) to ``state_path`` after every change and reads them back the first time
+it is used after a restore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ray.tune.schedulers import ASHAScheduler
+
+
+class PersistentASHA(ASHAScheduler):
+    def __init__(self, *args, state_path: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.state_path = str(state_path)
+        self._loaded = False
+
+    # -------------------------------------------------------------- persistence
+    def _load_once(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        path = Path(self.state_path)
+        if not path.exists():
+            return
+        state = json.loads(path.read_text())
+        for bracket, rungs in zip(self._brackets, state["brackets"]):
+            by_milestone = {float(m): rec for m, rec in rungs}
+            bracket._rungs = [(m, dict(by_milestone.get(float(m), {}))) for m, _ in bracket._rungs]
+        self._num_stopped = int(state.get("num_stopped", 0))
+
+    def _save(self) -> None:
+        state = {
+            "brackets": [[[m, rec] for m, rec in b._rungs] for b in self._brackets],
+            "num_stopped": self._num_stopped,
+        }
+        path = Path(self.state_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+
+    # -------------------------------------------------------------- hooks
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._load_once()
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result) -> str:
+        self._load_once()
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        self._load_once()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save()
+
+    def rungs(self) -> list[tuple[float, dict[str, float]]]:
+        """``[(milestone, {trial_id: metric})]`` of the first bracket (reports and tests)."""
+        self._load_once()
+        return [(m, dict(r)) for m, r in self._brackets[0]._rungs]

@@ -1,0 +1,98 @@
+"""The Ray Tune trainable: one trial = one :func:`cktf.train.fit` run of the study's recipe.
+
+The trial reads the data and the teacher from the object store (``tune.with_parameters``), never
+from disk, and reports once per epoch (one Tune iteration = one epoch, so ASHA's ``max_t`` is the
+recipe's epoch count) together with a checkpoint of the run directory: ``last.pt`` (student,
+heads, memory banks, optimiser, history), ``model_best.safetensors`` (the val-selected weights
+so far) and ``metrics.jsonl``. A retried or resumed trial copies its last checkpoint back and
+:func:`cktf.train.fit` continues from the next epoch.
+
+With a GPU fraction below one the trial caps its CUDA caching allocator to that share
+(``torch.cuda.set_per_process_memory_fraction``; Ray's fractions are logical only, ray#41432).
+Actors are not reused, so a trial ASHA stops exits and frees its GPU memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from ..train.callbacks import Callback
+from ..train.engine import NonFiniteLossError
+from ..train.runner import fit, prepare_run
+from .shared import splits_from_shared, teacher_from_shared, zero_copy_report
+from .study import study_from_dict
+
+log = logging.getLogger("cktf")
+
+#: files of a run directory that make up a trial checkpoint
+CHECKPOINT_FILES = ("last.pt", "model_best.safetensors", "model_last.safetensors", "metrics.jsonl", "config.json")
+
+
+class TuneReporter(Callback):
+    """Reports each epoch's metrics to Tune with the run directory as the checkpoint."""
+
+    def __init__(self, out_dir: Path, extra: dict[str, float]):
+        self.out_dir, self.extra = out_dir, extra
+        self.best: float | None = None
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        result = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if "val_acc" in result:
+            self.best = result["val_acc"] if self.best is None else max(self.best, result["val_acc"])
+            result["best_val_acc"] = self.best
+        result.update(self.extra)
+        with tempfile.TemporaryDirectory(prefix="cktf-ckpt-") as tmp:
+            for name in CHECKPOINT_FILES:
+                src = self.out_dir / name
+                if src.exists():
+                    shutil.copy2(src, Path(tmp) / name)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def run_trial(
+    config: dict[str, Any],
+    study: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    teacher: dict[str, Any] | None = None,
+) -> None:
+    """Function trainable; ``config`` holds the sampled values (flat names, e.g. ``alpha1``, ``optim.lr``)."""
+    import torch
+
+    cfg = study_from_dict(dict(study), validate=False)
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    out = trial_dir / "run"
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            for name in CHECKPOINT_FILES:
+                if (Path(d) / name).exists():
+                    shutil.copy2(Path(d) / name, out / name)
+        log.info("trial %s resumes from its checkpoint", tune.get_context().get_trial_id())
+    sampled = {k: v for k, v in config.items() if not k.startswith("_")}
+    t_model, t_arch = teacher_from_shared(teacher) if teacher else (None, None)
+    run_cfg = cfg.run_config(sampled, str(out), teacher["path"] if teacher else None)
+    torch.set_num_threads(max(1, int(cfg.resources.cpu)))  # trials share the node's cores
+    gpu = cfg.resources.gpu
+    if torch.cuda.is_available() and 0 < gpu < 1:
+        torch.cuda.set_per_process_memory_fraction(float(gpu))
+    extra = zero_copy_report(data)
+    prepared = prepare_run(run_cfg, splits=splits_from_shared(data), teacher=t_model, teacher_arch=t_arch)
+    reporter = TuneReporter(out, extra)
+    if ckpt is not None and (out / "metrics.jsonl").exists():  # keep best_val_acc across restarts
+        import json
+
+        vals = [json.loads(line).get("val_acc") for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+        vals = [v for v in vals if v is not None and not math.isnan(v)]
+        reporter.best = max(vals) if vals else None
+    try:
+        fit(prepared, [reporter])
+    except NonFiniteLossError as exc:
+        raise RuntimeError(f"trial stopped: {exc} (lower optim.lr or the loss weights in search.space)") from exc
