@@ -33,6 +33,8 @@ from .study import StudyConfig, baseline_of, validate_with_data
 
 log = logging.getLogger("cktf")
 STATE_FILE = "state.json"
+#: ASHA's time axis, reported by every epoch (a restored trial keeps counting epochs, not reports)
+TIME_ATTR = "epochs_done"
 
 
 @dataclass
@@ -258,7 +260,7 @@ def run_study(cfg: StudyConfig, resume: bool = False, progress: bool = True) -> 
                 mode=cfg.search.mode,
                 search_alg=_searcher(cfg, baseline),
                 scheduler=PersistentASHA(
-                    time_attr="training_iteration",
+                    time_attr=TIME_ATTR,
                     max_t=cfg.max_t,
                     grace_period=cfg.asha.grace_period,
                     reduction_factor=cfg.asha.reduction_factor,

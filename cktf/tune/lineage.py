@@ -118,6 +118,8 @@ class MLflowStudyCallback(Callback):
     def _set_status(self, trial: Any, status: str, error: str | None = None) -> None:
         run_id = self.run_for(trial)
         rec = self.index.get(trial.trial_id)
+        if rec.get("status") == status and rec.get("ended"):
+            return  # already recorded (a restarted trial that ended again at once)
         self.index.update(trial.trial_id, status=status, error=error, ended=time.time())
         self.client.set_tag(run_id, "cktf.status", status)
         if error:
@@ -130,6 +132,8 @@ class MLflowStudyCallback(Callback):
     # -------------------------------------------------------------- Tune hooks
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info) -> None:
         run_id = self.run_for(trial)
+        if self.index.get(trial.trial_id).get("status") in (FINISHED, PRUNED):
+            return  # restarted from a lagging Ray snapshot: the trainable exits at once, the record stands
         self.client.update_run(run_id, status="RUNNING")
         self.index.update(trial.trial_id, status=RUNNING)
 
@@ -145,16 +149,18 @@ class MLflowStudyCallback(Callback):
         run_id = self.run_for(trial)
         metrics = wanted_metrics(result)
         step = int(result.get("epoch", result.get("training_iteration", 1) - 1))
-        ts = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
         rec = self.index.get(trial.trial_id)
+        if all(h.get("epoch") != step for h in rec.get("history", [])):
+            # an epoch re-run after a restart on another node is not logged twice (the index keeps the re-run)
+            ts = int(time.time() * 1000)
+            self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
         history = [h for h in rec.get("history", []) if h.get("epoch") != step] + [{"epoch": step, **metrics}]
         history.sort(key=lambda h: h["epoch"])
         extra = {k: v for k, v in result.items() if str(k).startswith("data/")}
         self.index.update(
             trial.trial_id,
             history=history,
-            iterations=int(result.get("training_iteration", len(history))),
+            iterations=int(result.get("epochs_done", len(history))),
             best_val_acc=max((h["val_acc"] for h in history if "val_acc" in h), default=None),
             data=extra or rec.get("data"),
         )

@@ -4,7 +4,10 @@
 (ray-project/ray#30838, reproduced in the ray-optuna-mlflow notes): a resumed study would stop
 trials at non-rung epochs and compare them against nothing. This subclass writes its rungs (a
 few numbers per trial) to ``state_path`` after every change and reads them back the first time
-it is used after a restore.
+it is used after a restore, together with the set of trials it stopped early: Ray's experiment
+snapshot can lag the driver, so a restored study may restart a trial ASHA had already stopped; it is
+stopped again at its first result (the trainable itself exits at once when the study's trial index
+already records it as pruned or finished).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 
 class PersistentASHA(ASHAScheduler):
@@ -21,6 +24,7 @@ class PersistentASHA(ASHAScheduler):
         super().__init__(*args, **kwargs)
         self.state_path = str(state_path)
         self._loaded = False
+        self._stopped: set[str] = set()  # trials ASHA stopped early (a lagging Ray snapshot may restart them)
 
     # -------------------------------------------------------------- persistence
     def _load_once(self) -> None:
@@ -35,11 +39,13 @@ class PersistentASHA(ASHAScheduler):
             by_milestone = {float(m): rec for m, rec in rungs}
             bracket._rungs = [(m, dict(by_milestone.get(float(m), {}))) for m, _ in bracket._rungs]
         self._num_stopped = int(state.get("num_stopped", 0))
+        self._stopped = set(state.get("stopped", []))
 
     def _save(self) -> None:
         state = {
             "brackets": [[[m, rec] for m, rec in b._rungs] for b in self._brackets],
             "num_stopped": self._num_stopped,
+            "stopped": sorted(self._stopped),
         }
         path = Path(self.state_path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +60,11 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result) -> str:
         self._load_once()
+        if trial.trial_id in self._stopped:  # stopped before a driver restart: stays stopped
+            return TrialScheduler.STOP
         action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t:
+            self._stopped.add(trial.trial_id)
         self._save()
         return action
 

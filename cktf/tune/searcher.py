@@ -25,18 +25,35 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.max_t = int(max_t)
 
+    @staticmethod
+    def _step(result: dict) -> int:
+        return int(result.get("epochs_done", result.get("training_iteration", 0)))
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Intermediate value at step = epochs done (a resumed trial does not re-report a step)."""
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        step, value = self._step(result), result.get(self.metric)
+        if value is not None and step not in self._reported(ot_trial):
+            ot_trial.report(float(value), step)
+
+    @staticmethod
+    def _reported(ot_trial) -> dict:
+        return ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
 
         if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
-        step = int(result.get("training_iteration", 0))
+        step = self._step(result)
         value = result.get(self.metric)
         if step >= self.max_t:
             return super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            if step not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
+            if step not in self._reported(ot_trial):
                 ot_trial.report(float(value), step)
         try:
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)

@@ -179,6 +179,9 @@ def baseline_point(
         from ..distillers.cktf import resolve_tau
 
         defaults["tau"] = resolve_tau(None, image_size)
+    for name, value in overrides.items():
+        if name in space and not space[name].contains(value):
+            raise ConfigError(f"search.baseline.{name}", f"{value!r} lies outside the searched range", "fix either")
     point: dict[str, Any] = {}
     for name, spec in space.items():
         value = overrides[name] if name in overrides else defaults.get(name)

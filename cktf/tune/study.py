@@ -28,6 +28,7 @@ from ..distillers import needs_teacher, parse_params
 from ..distillers.compose import resolve_preset, split_name
 from ..errors import ConfigError
 from ..models import MODELS
+from ..registry import UnknownNameError
 from ..train.config import OptimConfig, RunConfig, TrainConfig, section_from_dict
 from .space import ParamSpec, baseline_point, default_space, parse_space
 
@@ -241,26 +242,48 @@ def _section(key: str, value: dict[str, Any]) -> Any:
         value = dict(value)
         for sub, cls in (("optim", OptimConfig), ("train", TrainConfig)):
             if sub in value:
-                value[sub] = section_from_dict(cls, value[sub], f"teacher.{sub}")
-        return _typed(section_from_dict, TeacherSpec, value, "teacher")
+                if not isinstance(value[sub], dict):
+                    raise ConfigError(f"teacher.{sub}", "must be a mapping")
+                value[sub] = _typed(cls, value[sub], f"teacher.{sub}")
+        return _typed(TeacherSpec, value, "teacher")
     if key == "search":
         value = dict(value)
         if "space" in value:
             value["space"] = parse_space(value["space"])
-        return _typed(section_from_dict, SearchSpec, value, "search")
-    return _typed(section_from_dict, SECTIONS[key], value, key)
+        return _typed(SearchSpec, value, "search")
+    return _typed(SECTIONS[key], value, key)
 
 
-def _typed(fn, cls, value, prefix):
+def _typed(cls: type, value: dict[str, Any], prefix: str) -> Any:
+    """A section dataclass; numbers given as strings (YAML reads ``5e-4`` as one) are converted,
+    anything else that is not a number where one is expected is named."""
+    kinds = {f.name: str(f.type).split("|")[0].strip() for f in dataclasses.fields(cls)}
+    value = dict(value)
+    for name, v in value.items():
+        kind = kinds.get(name)
+        if kind in ("int", "float") and v is not None:
+            if isinstance(v, str):
+                try:
+                    v = float(v) if kind == "float" else int(float(v))
+                except ValueError:
+                    raise ConfigError(f"{prefix}.{name}", f"must be a number, got {v!r}") from None
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{prefix}.{name}", f"must be a number, got {v!r}")
+            if kind == "int" and float(v) != int(v):
+                raise ConfigError(f"{prefix}.{name}", f"must be a whole number, got {v!r}")
+            value[name] = int(v) if kind == "int" else float(v)
     try:
-        obj = fn(cls, value, prefix)
+        return section_from_dict(cls, value, prefix)
     except TypeError as exc:
         raise ConfigError(prefix, str(exc)) from None
-    for f in dataclasses.fields(obj):  # YAML gives strings for mistyped numbers: name the field
-        v = getattr(obj, f.name)
-        if f.type in ("int", "float") and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise ConfigError(f"{prefix}.{f.name}", f"must be a number, got {v!r}")
-    return obj
+
+
+def _name(field_: str, get, name: str) -> Any:
+    """Registry lookup whose error names the study field."""
+    try:
+        return get(name)
+    except UnknownNameError as exc:
+        raise ConfigError(field_, str(exc)) from None
 
 
 def load_study(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> StudyConfig:
@@ -302,12 +325,13 @@ def validate_study(cfg: StudyConfig) -> None:
     """Every check that needs no data: names, bounds, the space, the teacher, the search settings."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(cfg.name)):
         raise ConfigError("name", f"{cfg.name!r} is not a usable directory name", "letters, digits, _ . -")
+    _name("data.dataset", DATASETS.get, cfg.data.dataset)
     cfg.data.validate()
     cfg.optim.validate()
     cfg.train.validate()
-    MODELS.get(cfg.student)
-    split_name(cfg.distiller)
-    spec = DATASETS.get(cfg.data.dataset)
+    _name("student", MODELS.get, cfg.student)
+    _name("distiller", split_name, cfg.distiller)
+    spec = _name("data.dataset", DATASETS.get, cfg.data.dataset)
     size = cfg.data.image_size or spec.image_size or 32
     if not cfg.search.space:
         cfg.search.space = default_space(cfg.distiller)
@@ -356,9 +380,9 @@ def _validate_teacher(cfg: StudyConfig) -> None:
         from ..train.checkpoint import read_weights_meta
 
         meta = read_weights_meta(t.checkpoint, "teacher.checkpoint")
-        MODELS.get(meta["arch"])
+        _name("teacher.checkpoint", MODELS.get, meta["arch"])
     else:
-        MODELS.get(t.arch)
+        _name("teacher.arch", MODELS.get, t.arch)
         t.optim.validate()
         t.train.validate()
 
@@ -411,6 +435,7 @@ def validate_with_data(cfg: StudyConfig, splits: Any, teacher_arch: str | None) 
     check_arch(cfg.student, size, "student")
     if teacher_arch:
         check_arch(teacher_arch, size, "teacher")
+    dry_build(cfg, splits, teacher_arch)
     method, params = resolve_preset(cfg.distiller, cfg.params)
     primary, _ = split_name(method)
     if primary not in ("crd", "cktf"):
@@ -428,3 +453,29 @@ def validate_with_data(cfg: StudyConfig, splits: Any, teacher_arch: str | None) 
         )
     except ConfigError as exc:
         raise ConfigError(where, exc.problem, exc.fix) from None
+
+
+def dry_build(cfg: StudyConfig, splits: Any, teacher_arch: str | None) -> None:
+    """Build the baseline trial's distiller on freshly initialised models (small memory banks):
+    catches pairs the method cannot handle (e.g. FSP channel mismatches, VGG vs ResNet stage
+    pairings) now, instead of in every trial after the teacher has trained."""
+    from ..distillers import DistillContext, build_distiller
+    from ..models import create_model
+
+    num_classes = splits.num_classes
+    student = create_model(cfg.student, num_classes=num_classes)
+    teacher = create_model(teacher_arch, num_classes=num_classes) if teacher_arch else None
+    base = baseline_of(cfg, splits.image_size)
+    params = {**cfg.params, **{k: v for k, v in base.items() if k.partition(".")[0] not in ("optim", "train")}}
+    p_cfg, _, _ = parse_params(cfg.distiller, params, splits.image_size)
+    if hasattr(p_cfg, "nce_k"):
+        params["nce_k"] = 8  # structure only: tiny banks
+    ctx = DistillContext(num_classes=num_classes, num_train_samples=64, image_size=splits.image_size)
+    try:
+        build_distiller(cfg.distiller, student, teacher, params, ctx)
+    except ConfigError as exc:
+        raise ConfigError(exc.field.replace("distill.", "params."), exc.problem, exc.fix) from None
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(
+            "distiller", f"{cfg.distiller} cannot pair teacher {teacher_arch} with student {cfg.student}: {exc}"
+        ) from None

@@ -35,6 +35,26 @@ log = logging.getLogger("cktf")
 CHECKPOINT_FILES = ("last.pt", "model_best.safetensors", "model_last.safetensors", "metrics.jsonl", "config.json")
 
 
+def already_ended(study_dir: Path, trial_id: str) -> dict[str, Any] | None:
+    """The trial's index record when the study's index (on the driver's workdir, shared on a cluster)
+    records it as finished or pruned: a restored study whose Ray snapshot lagged restarts such trials."""
+    import json
+
+    path = study_dir / "trials" / f"{trial_id}.json"
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if rec.get("status") in ("finished", "pruned") and rec.get("history") else None
+
+
+def epochs_done(run_dir: Path) -> int:
+    """Epochs a run directory has completed (its ``metrics.jsonl`` lines; 0 without ``last.pt``)."""
+    if not (run_dir / "last.pt").exists() or not (run_dir / "metrics.jsonl").exists():
+        return 0
+    return sum(1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip())
+
+
 class TuneReporter(Callback):
     """Reports each epoch's metrics to Tune with the run directory as the checkpoint."""
 
@@ -47,6 +67,7 @@ class TuneReporter(Callback):
         if "val_acc" in result:
             self.best = result["val_acc"] if self.best is None else max(self.best, result["val_acc"])
             result["best_val_acc"] = self.best
+        result["epochs_done"] = epoch + 1  # ASHA's time axis: epochs, not Tune's per-process report count
         result.update(self.extra)
         with tempfile.TemporaryDirectory(prefix="cktf-ckpt-") as tmp:
             for name in CHECKPOINT_FILES:
@@ -66,16 +87,28 @@ def run_trial(
     import torch
 
     cfg = study_from_dict(dict(study), validate=False)
+    trial_id = tune.get_context().get_trial_id()
+    ended = already_ended(cfg.study_dir, trial_id)
+    if ended is not None:
+        # report the recorded last epoch once more (Tune requires a result with the metric), train nothing
+        log.info("trial %s already ended before the driver restarted; nothing to do", trial_id)
+        history = ended.get("history") or [{}]
+        tune.report({**history[-1], "epochs_done": int(ended.get("iterations", len(history)))})
+        return
     trial_dir = Path(tune.get_context().get_trial_dir())
     out = trial_dir / "run"
     out.mkdir(parents=True, exist_ok=True)
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            for name in CHECKPOINT_FILES:
-                if (Path(d) / name).exists():
-                    shutil.copy2(Path(d) / name, out / name)
-        log.info("trial %s resumes from its checkpoint", tune.get_context().get_trial_id())
+            # the run directory on this node may be newer than the checkpoint Ray restored (the driver's
+            # experiment snapshot can lag its last checkpoint when it is killed): keep the newer one
+            if epochs_done(Path(d)) > epochs_done(out):
+                for name in CHECKPOINT_FILES:
+                    if (Path(d) / name).exists():
+                        shutil.copy2(Path(d) / name, out / name)
+    if epochs_done(out):
+        log.info("trial %s resumes after epoch %d", tune.get_context().get_trial_id(), epochs_done(out))
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}
     t_model, t_arch = teacher_from_shared(teacher) if teacher else (None, None)
     run_cfg = cfg.run_config(sampled, str(out), teacher["path"] if teacher else None)
@@ -86,7 +119,7 @@ def run_trial(
     extra = zero_copy_report(data)
     prepared = prepare_run(run_cfg, splits=splits_from_shared(data), teacher=t_model, teacher_arch=t_arch)
     reporter = TuneReporter(out, extra)
-    if ckpt is not None and (out / "metrics.jsonl").exists():  # keep best_val_acc across restarts
+    if (out / "last.pt").exists() and (out / "metrics.jsonl").exists():  # keep best_val_acc across restarts
         import json
 
         vals = [json.loads(line).get("val_acc") for line in (out / "metrics.jsonl").read_text().splitlines() if line]
