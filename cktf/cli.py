@@ -100,8 +100,11 @@ def cmd_distillers(args: argparse.Namespace) -> int:
             summary = f"Eq. 1: gamma*CE + {primary} + theta*{secondary} (fields: {secondary}.<field>, theta)"
         print(f"{name:<14} {teacher:<7} {needs:<22} {summary}")
         if args.fields and secondary is None:
+            from .distillers.compose import resolve_preset
+
+            preset = resolve_preset(name, {})[1]  # a preset's own values (cktf-paper: alpha1 0.8, alpha2 0.2)
             for f in dataclasses.fields(classes[0].config_cls):
-                print(f"{'':<16}{f.name} = {f.default}")
+                print(f"{'':<16}{f.name} = {preset.get(f.name, f.default)}")
     return 0
 
 

@@ -135,5 +135,8 @@ def export_onnx(weights: Path, dest: Path) -> None:
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
             dynamo=False,
         )
-    except ImportError as exc:
-        raise ConfigError("onnx", f"ONNX export needs an extra package ({exc})", "pip install onnx") from None
+    except (ImportError, torch.onnx.OnnxExporterError) as exc:
+        if "not installed" not in str(exc) and not isinstance(exc, ImportError):
+            raise
+        dest.unlink(missing_ok=True)
+        raise ConfigError("--onnx", f"ONNX export needs the onnx package ({exc})", "pip install onnx") from None
