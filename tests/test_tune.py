@@ -289,3 +289,28 @@ def test_nan_loss_fails_the_trial_and_the_study_goes_on(finished_study, tmp_path
     assert sorted(c.info.status for c in children) == sorted(
         "FAILED" if r["status"] == "failed" else "FINISHED" for r in recs
     )
+
+
+def test_the_baseline_trial_is_never_stopped_early(tmp_path):
+    from ray.tune.schedulers import TrialScheduler
+
+    from cktf.tune.scheduler import PersistentASHA
+
+    sched = PersistentASHA(
+        time_attr="epochs_done",
+        max_t=4,
+        grace_period=1,
+        reduction_factor=2,
+        state_path=str(tmp_path / "asha.json"),
+        protect={"alpha1": 0.1, "mapping": "last"},
+    )
+    sched.set_search_properties("val_acc", "max")
+    good = SimpleNamespace(trial_id="good", config={"alpha1": 0.5, "mapping": "first"})
+    base = SimpleNamespace(trial_id="base", config={"alpha1": 0.1, "mapping": "last"})
+    other = SimpleNamespace(trial_id="other", config={"alpha1": 0.2, "mapping": "last"})
+    for t in (good, base, other):
+        sched.on_trial_add(None, t)
+    sched.on_trial_result(None, good, {"epochs_done": 1, "val_acc": 60.0})
+    assert sched.on_trial_result(None, base, {"epochs_done": 1, "val_acc": 10.0}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, other, {"epochs_done": 1, "val_acc": 10.0}) == TrialScheduler.STOP
+    assert dict(sched.rungs())[1]["base"] == 10.0  # its value still counts for the others' cutoffs

@@ -266,6 +266,7 @@ def run_study(cfg: StudyConfig, resume: bool = False, progress: bool = True) -> 
                     reduction_factor=cfg.asha.reduction_factor,
                     brackets=cfg.asha.brackets,
                     state_path=str(study_dir / "asha_state.json"),
+                    protect=baseline if cfg.search.enqueue_baseline and cfg.search.protect_baseline else None,
                 ),
                 num_samples=cfg.search.num_samples,
                 max_concurrent_trials=cfg.max_concurrent or None,

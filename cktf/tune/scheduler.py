@@ -6,7 +6,9 @@ trials at non-rung epochs and compare them against nothing. This subclass writes
 few numbers per trial) to ``state_path`` after every change and reads them back the first time
 it is used after a restore, together with the set of trials it stopped early: Ray's experiment
 snapshot can lag the driver, so a restored study may restart a trial ASHA had already stopped; it is
-stopped again at its first result (the trainable itself exits at once when the study's trial index
+stopped again at its first result. ``protect`` names a config that is never stopped early: the
+study's baseline (paper-default) trial, so the report compares the best against a fully trained
+baseline; its results still enter the rungs (the trainable itself exits at once when the study's trial index
 already records it as pruned or finished).
 """
 
@@ -20,8 +22,9 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 
 class PersistentASHA(ASHAScheduler):
-    def __init__(self, *args, state_path: str, **kwargs):
+    def __init__(self, *args, state_path: str, protect: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.protect = dict(protect or {})  # a config (the baseline) that always trains to max_t
         self.state_path = str(state_path)
         self._loaded = False
         self._stopped: set[str] = set()  # trials ASHA stopped early (a lagging Ray snapshot may restart them)
@@ -62,8 +65,11 @@ class PersistentASHA(ASHAScheduler):
         self._load_once()
         if trial.trial_id in self._stopped:  # stopped before a driver restart: stays stopped
             return TrialScheduler.STOP
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t:
+        action = super().on_trial_result(tune_controller, trial, result)  # its value still enters the rung
+        early = result.get(self._time_attr, 0) < self._max_t
+        if action == TrialScheduler.STOP and early and self._protected(trial):
+            action = TrialScheduler.CONTINUE
+        if action == TrialScheduler.STOP and early:
             self._stopped.add(trial.trial_id)
         self._save()
         return action
@@ -72,6 +78,10 @@ class PersistentASHA(ASHAScheduler):
         self._load_once()
         super().on_trial_complete(tune_controller, trial, result)
         self._save()
+
+    def _protected(self, trial) -> bool:
+        config = getattr(trial, "config", None) or {}
+        return bool(self.protect) and all(config.get(k) == v for k, v in self.protect.items())
 
     def rungs(self) -> list[tuple[float, dict[str, float]]]:
         """``[(milestone, {trial_id: metric})]`` of the first bracket (reports and tests)."""

@@ -55,6 +55,7 @@ class SearchSpec:
     num_samples: int = 16
     enqueue_baseline: bool = True  # the paper-default config runs first, so the report compares against it
     baseline: dict[str, Any] = field(default_factory=dict)  # overrides of that first config (default: defaults)
+    protect_baseline: bool = True  # ASHA never stops the baseline early: it is compared fully trained
 
 
 @dataclass
