@@ -119,41 +119,34 @@ def test_asha_stopped_trials_are_told_pruned():
     assert s._ot_study.trials[1].value == 30.0
 
 
+def _asha(state_path, time_attr="training_iteration", **kw):
+    """A 4-epoch, grace-1, halving PersistentASHA on val_acc (max)."""
+    from cktf.tune.scheduler import PersistentASHA
+
+    sched = PersistentASHA(
+        time_attr=time_attr, max_t=4, grace_period=1, reduction_factor=2, state_path=str(state_path), **kw
+    )
+    sched.set_search_properties("val_acc", "max")
+    return sched
+
+
 def test_asha_rungs_survive_a_restart(tmp_path):
     from ray.tune.schedulers import TrialScheduler
 
-    from cktf.tune.scheduler import PersistentASHA
-
-    def make():
-        sched = PersistentASHA(
-            time_attr="training_iteration",
-            max_t=4,
-            grace_period=1,
-            reduction_factor=2,
-            state_path=str(tmp_path / "asha.json"),
-        )
-        sched.set_search_properties("val_acc", "max")
-        return sched
-
-    first = make()
+    first = _asha(tmp_path / "asha.json")
     trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
     for t, acc in zip(trials, (50.0, 60.0, 70.0, 80.0)):
         first.on_trial_add(None, t)
         first.on_trial_result(None, t, {"training_iteration": 1, "val_acc": acc})
-    restored = make()  # what Tuner.restore gives back: the pickled scheduler, rungs empty in memory
+    restored = _asha(
+        tmp_path / "asha.json"
+    )  # what Tuner.restore gives back: the pickled scheduler, rungs empty in memory
     late = SimpleNamespace(trial_id="late")
     restored.on_trial_add(None, late)
     assert dict(restored.rungs())[1] == {"t0": 50.0, "t1": 60.0, "t2": 70.0, "t3": 80.0}
     # below the rung's cutoff (median of 50..80): stopped, exactly as before the restart
     assert restored.on_trial_result(None, late, {"training_iteration": 1, "val_acc": 55.0}) == TrialScheduler.STOP
-    fresh = PersistentASHA(
-        time_attr="training_iteration",
-        max_t=4,
-        grace_period=1,
-        reduction_factor=2,
-        state_path=str(tmp_path / "none.json"),
-    )
-    fresh.set_search_properties("val_acc", "max")
+    fresh = _asha(tmp_path / "none.json")
     fresh.on_trial_add(None, late)
     assert fresh.on_trial_result(None, late, {"training_iteration": 1, "val_acc": 55.0}) == TrialScheduler.CONTINUE
 
@@ -218,11 +211,13 @@ def test_mlflow_holds_one_parent_and_one_child_per_trial(finished_study):
 
 @pytest.mark.slow
 def test_data_is_shared_not_copied_per_trial(finished_study):
-    """Each trial saw read-only views of the object store, and reading every page of the dataset
-    grew its private memory by far less than the dataset's size (a copy would add all of it)."""
+    """Each trial (2 ran at a time) saw read-only views lying in the object store's shared memory
+    mapping, and reading every page of the dataset grew its private memory by far less than the
+    dataset's size."""
     for p in (finished_study.dir / "trials").glob("*.json"):
         data = json.loads(p.read_text())["data"]
         assert data["data/zero_copy_views"] == 1.0
+        assert data["data/in_shared_memory"] == 1.0  # the object store's shared mapping, not a private copy
         assert data["data/bytes"] > 2_000_000
         assert 0 <= data["data/private_growth_bytes"] < 0.2 * data["data/bytes"]
 
@@ -294,17 +289,7 @@ def test_nan_loss_fails_the_trial_and_the_study_goes_on(finished_study, tmp_path
 def test_the_baseline_trial_is_never_stopped_early(tmp_path):
     from ray.tune.schedulers import TrialScheduler
 
-    from cktf.tune.scheduler import PersistentASHA
-
-    sched = PersistentASHA(
-        time_attr="epochs_done",
-        max_t=4,
-        grace_period=1,
-        reduction_factor=2,
-        state_path=str(tmp_path / "asha.json"),
-        protect={"alpha1": 0.1, "mapping": "last"},
-    )
-    sched.set_search_properties("val_acc", "max")
+    sched = _asha(tmp_path / "asha.json", "epochs_done", protect={"alpha1": 0.1, "mapping": "last"})
     good = SimpleNamespace(trial_id="good", config={"alpha1": 0.5, "mapping": "first"})
     base = SimpleNamespace(trial_id="base", config={"alpha1": 0.1, "mapping": "last"})
     other = SimpleNamespace(trial_id="other", config={"alpha1": 0.2, "mapping": "last"})
@@ -314,3 +299,24 @@ def test_the_baseline_trial_is_never_stopped_early(tmp_path):
     assert sched.on_trial_result(None, base, {"epochs_done": 1, "val_acc": 10.0}) == TrialScheduler.CONTINUE
     assert sched.on_trial_result(None, other, {"epochs_done": 1, "val_acc": 10.0}) == TrialScheduler.STOP
     assert dict(sched.rungs())[1]["base"] == 10.0  # its value still counts for the others' cutoffs
+
+
+def test_reconcile_repairs_runs_left_open_by_a_killed_driver(tmp_path):
+    """The index says a trial ended but the driver died before MLflow was told: the next finish fixes it."""
+    import mlflow
+
+    from cktf.tune.index import TrialIndex
+    from cktf.tune.lineage import reconcile
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.create_experiment("x")
+    runs = {s: client.create_run(exp).info.run_id for s in ("pruned", "finished", "running")}
+    index = TrialIndex(tmp_path)
+    for status, run_id in runs.items():
+        index.update(status, status=status, mlflow_run_id=run_id, best_val_acc=12.5)
+    assert reconcile(client, index) == 2
+    got = {s: client.get_run(r) for s, r in runs.items()}
+    assert got["pruned"].info.status == "KILLED" and got["pruned"].data.tags["cktf.status"] == "pruned"
+    assert got["finished"].info.status == "FINISHED" and got["finished"].data.metrics["final_best_val_acc"] == 12.5
+    assert got["running"].info.status == "RUNNING"
+    assert reconcile(client, index) == 0

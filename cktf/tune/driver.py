@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .index import FAILED, FINISHED, MLFLOW_STATUS, PRUNED, RUNNING, TrialIndex
-from .lineage import MLflowStudyCallback
+from .lineage import MLflowStudyCallback, reconcile
 from .study import StudyConfig, baseline_of, validate_with_data
 
 log = logging.getLogger("cktf")
@@ -294,6 +294,9 @@ def finish_study(cfg: StudyConfig, complete: bool, num_trials: int, wall_s: floa
     state = read_state(cfg.study_dir)
     parent_id = state["parent_run_id"]
     index = TrialIndex(cfg.study_dir)
+    repaired = reconcile(client, index)
+    if repaired:
+        log.info("MLflow: %d trial run(s) had not been given their final status; fixed", repaired)
     for rec in index.all():  # trials the driver left running (interrupted): visible as such, reopened on resume
         if rec.get("status") == RUNNING:
             run_id = rec.get("mlflow_run_id")

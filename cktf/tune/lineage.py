@@ -116,18 +116,14 @@ class MLflowStudyCallback(Callback):
         return run_id
 
     def _set_status(self, trial: Any, status: str, error: str | None = None) -> None:
+        """MLflow first, then the index: an index that says a trial ended implies MLflow says so too
+        (and :func:`reconcile` repairs a driver killed between the two)."""
         run_id = self.run_for(trial)
         rec = self.index.get(trial.trial_id)
-        if rec.get("status") == status and rec.get("ended"):
-            return  # already recorded (a restarted trial that ended again at once)
-        self.index.update(trial.trial_id, status=status, error=error, ended=time.time())
-        self.client.set_tag(run_id, "cktf.status", status)
-        if error:
-            self.client.set_tag(run_id, "cktf.error", error[-4000:])
-        best = rec.get("best_val_acc")
-        if best is not None:
-            self.client.log_metric(run_id, "final_best_val_acc", float(best), step=len(rec.get("history", [])))
-        self.client.set_terminated(run_id, MLFLOW_STATUS[status])
+        again = rec.get("status") == status and rec.get("ended")  # a restarted trial that ended again at once
+        terminate_run(self.client, run_id, status, error, None if again else rec.get("best_val_acc"))
+        if not again:
+            self.index.update(trial.trial_id, status=status, error=error, ended=time.time())
 
     # -------------------------------------------------------------- Tune hooks
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info) -> None:
@@ -183,3 +179,27 @@ class MLflowStudyCallback(Callback):
         except Exception:  # the error text is best effort; the status is what matters
             error = None
         self._set_status(trial, FAILED, error or "trial failed (see the Ray trial directory)")
+
+
+def terminate_run(client: Any, run_id: str, status: str, error: str | None = None, best: float | None = None) -> None:
+    """Set a trial run's final status in MLflow (idempotent)."""
+    client.set_tag(run_id, "cktf.status", status)
+    if error:
+        client.set_tag(run_id, "cktf.error", error[-4000:])
+    if best is not None:
+        client.log_metric(run_id, "final_best_val_acc", float(best))
+    client.set_terminated(run_id, MLFLOW_STATUS[status])
+
+
+def reconcile(client: Any, index: TrialIndex) -> int:
+    """Make every ended trial's MLflow run show the index's status; returns how many were repaired."""
+    repaired = 0
+    for rec in index.all():
+        status, run_id = rec.get("status"), rec.get("mlflow_run_id")
+        if status not in (FINISHED, PRUNED, FAILED) or not run_id:
+            continue
+        run = client.get_run(run_id)
+        if run.info.status != MLFLOW_STATUS[status] or run.data.tags.get("cktf.status") != status:
+            terminate_run(client, run_id, status, rec.get("error"), rec.get("best_val_acc"))
+            repaired += 1
+    return repaired

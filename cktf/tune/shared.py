@@ -65,10 +65,10 @@ def teacher_from_shared(shared: dict[str, Any]) -> tuple[DistillModel, str]:
 
 
 def zero_copy_report(shared: dict[str, Any]) -> dict[str, float]:
-    """Evidence that the trial reads the node's single copy: the arrays are read-only views that
-    do not own their memory, and reading every byte adds (almost) nothing to the process's
-    private memory (``Private_*`` in ``/proc/self/smaps_rollup``; shared object-store pages are
-    not private)."""
+    """Evidence that the trial reads the node's single copy: the arrays are read-only views that do
+    not own their memory, they lie in a *shared* memory mapping (the object store's, ``/proc/self/maps``
+    permission ``s``; a copy would sit in private anonymous memory), and reading every page adds
+    (almost) nothing to the process's private memory (``Private_*`` of ``/proc/self/smaps_rollup``)."""
     arrays = [v for v in shared.values() if isinstance(v, np.ndarray)]
     views = all(not a.flags.owndata and not a.flags.writeable for a in arrays)
     before = private_memory_bytes()
@@ -78,10 +78,26 @@ def zero_copy_report(shared: dict[str, Any]) -> dict[str, float]:
     after = private_memory_bytes()
     return {
         "data/zero_copy_views": float(views),
+        "data/in_shared_memory": float(all(in_shared_mapping(a) for a in arrays if a.nbytes)),
         "data/bytes": float(sum(a.nbytes for a in arrays)),
         "data/private_growth_bytes": float(max(after - before, 0)) if before >= 0 else -1.0,
         "data/touch_checksum": float(checksum % 1_000_003),
     }
+
+
+def in_shared_mapping(array: np.ndarray) -> bool:
+    """Whether ``array``'s first byte lies in a shared (``s``) mapping of this process (Linux only)."""
+    addr = array.__array_interface__["data"][0]
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        parts = line.split()
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        if lo <= addr < hi:
+            return parts[1].endswith("s")
+    return False
 
 
 def private_memory_bytes() -> int:
