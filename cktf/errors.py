@@ -19,6 +19,9 @@ class ConfigError(CKTFError, ValueError):
         msg = f"{field}: {problem}"
         super().__init__(msg + (f" (fix: {fix})" if fix else ""))
 
+    def __reduce__(self):  # copy/pickle (Ray ships a trial's exception to the driver)
+        return (type(self), (self.field, self.problem, self.fix))
+
 
 class DataNotFoundError(CKTFError, FileNotFoundError):
     """A dataset is not where the data root says; the message says where it is expected and how to get it."""

@@ -23,6 +23,9 @@ class UnknownNameError(KeyError):
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return self.args[0]
 
+    def __reduce__(self):  # copy/pickle (Ray ships a trial's exception to the driver)
+        return (type(self), (self.kind, self.name, self.available))
+
 
 class Registry(Generic[T]):
     """Maps names to objects (classes or factory functions) plus free-form metadata."""

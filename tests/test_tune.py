@@ -320,3 +320,14 @@ def test_reconcile_repairs_runs_left_open_by_a_killed_driver(tmp_path):
     assert got["finished"].info.status == "FINISHED" and got["finished"].data.metrics["final_best_val_acc"] == 12.5
     assert got["running"].info.status == "RUNNING"
     assert reconcile(client, index) == 0
+
+
+def test_every_shipped_study_round_trips_through_the_trial_dict(monkeypatch):
+    """Trials rebuild the study from ``to_dict()``: the result must be the same study."""
+    monkeypatch.setenv("CKTF_DATA_ROOT", "data")
+    from cktf.tune.study import load_study
+
+    for path in sorted(Path(__file__).resolve().parents[1].joinpath("studies").rglob("*.yaml")):
+        cfg = load_study(path)
+        again = study_from_dict(cfg.to_dict(), validate=False)
+        assert again.to_dict() == cfg.to_dict(), path

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import ConfigError
-from ._base import ArrayDataset
+from ._base import UNLABELED, ArrayDataset
 from .contrast import CONTRAST_MODES
 from .spec import DATASETS, DatasetSpec
 
@@ -40,6 +40,9 @@ class DataConfig:
         contrast_mode: CRD/CKTF positive: ``exact`` (the sample itself) or ``relax`` (a same-class sample).
         contrast_replace: draw negatives with replacement; ``None`` = the dataset's default (spec section 2:
             without for CIFAR, with for Tiny-ImageNet, STL-10 and ImageFolder data).
+        drop_labels: use the images only (transfer learning, Section 3.2): every train target becomes -1,
+            no validation split is held out, and contrastive negatives are drawn uniformly from the
+            other images (never the anchor itself, unlike the official code's quirk).
     """
 
     dataset: str = "cifar100"
@@ -53,6 +56,7 @@ class DataConfig:
     image_size: int | None = None
     contrast_mode: Literal["exact", "relax"] = "exact"
     contrast_replace: bool | None = None
+    drop_labels: bool = False
 
     def validate(self) -> None:
         """Cheap checks, before anything is read; raises ConfigError (or UnknownNameError for ``dataset``)."""
@@ -198,4 +202,8 @@ def load_splits(cfg: DataConfig, progress: bool = True) -> Splits:
             log.warning("data.test_subset=%d > %d test images; using all", cfg.test_subset, len(test_full))
         test_rows = stratified_pick(test_full.targets, cfg.test_subset, np.random.default_rng([cfg.split_seed, 1]))
     test = _materialise(test_full, test_rows)
+    if cfg.drop_labels:  # images only: nothing downstream can read a label
+        unlabeled = np.full(len(train), UNLABELED, dtype=np.int64)
+        train = ArrayDataset(train.images, unlabeled, [])
+        val = None
     return Splits(spec, train, val, test, contrast_replace=cfg.resolved_contrast_replace())

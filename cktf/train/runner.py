@@ -132,10 +132,10 @@ def prepare_run(
     validate_names(cfg, splits.image_size, teacher_arch)  # sizes of imagefolder data are known only now
     num_classes = splits.spec.num_classes or len(splits.train.classes)
     seed_everything(cfg.train.seed)
-    student = create_model(cfg.student, num_classes=num_classes)
     if needs_teacher(cfg.distiller) and teacher is None:
         teacher, meta = load_model(cfg.teacher_checkpoint)
-        if meta.get("dataset") not in (None, cfg.data.dataset) or teacher.num_classes != num_classes:
+        mismatch = meta.get("dataset") not in (None, cfg.data.dataset) or teacher.num_classes != num_classes
+        if mismatch and splits.train.labeled:
             log.warning(
                 "teacher was trained on %s (%d classes), this run uses %s (%d classes)",
                 meta.get("dataset"),
@@ -143,8 +143,19 @@ def prepare_run(
                 cfg.data.dataset,
                 num_classes,
             )
+    if teacher is not None and not splits.train.labeled:
+        # no labels (transfer, Section 3.2): the student's head mirrors the teacher's (official: 200-way)
+        num_classes = teacher.num_classes
+    seed_everything(cfg.train.seed)  # the student's initialisation does not depend on how the teacher came
+    student = create_model(cfg.student, num_classes=num_classes)
     ctx = DistillContext(num_classes=num_classes, num_train_samples=len(splits.train), image_size=splits.image_size)
     distiller = build_distiller(cfg.distiller, student, teacher, cfg.distill_params, ctx)
+    if distiller.gamma > 0 and not splits.train.labeled:
+        raise ConfigError(
+            "distill.gamma",
+            f"cross-entropy weight {distiller.gamma} but the train split has no labels",
+            "set gamma=0 for distillation on unlabeled images (transfer, Section 3.2)",
+        )
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     distiller.to(device=device, memory_format=memory_format)
     return Prepared(cfg, splits, distiller, device)

@@ -91,7 +91,7 @@ def _train_teacher_task(study: dict[str, Any], data: dict[str, Any], out_dir: st
     return teacher_to_shared(model, meta, summary["weights_best"]), summary
 
 
-def obtain_teacher(cfg: StudyConfig, data_ref: Any) -> dict[str, Any] | None:
+def obtain_teacher(cfg: StudyConfig, data_ref: Any, progress: bool = True) -> dict[str, Any] | None:
     """The shared teacher: the given checkpoint, the study's saved one, or trained now (once)."""
     import ray
 
@@ -112,6 +112,11 @@ def obtain_teacher(cfg: StudyConfig, data_ref: Any) -> dict[str, Any] | None:
     log.info("teacher: training %s for %d epochs (once per study)", cfg.teacher.arch, cfg.teacher.train.epochs)
     gpu = 1 if cfg.resources.gpu > 0 else 0
     task = ray.remote(_train_teacher_task).options(num_cpus=cfg.resources.cpu, num_gpus=gpu, max_retries=0)
+    if cfg.teacher.data is not None:  # the source domain (transfer): decoded here, shared with the task only
+        from ..data import load_splits
+        from .shared import splits_to_shared
+
+        data_ref = ray.put(splits_to_shared(load_splits(cfg.teacher.data, progress=progress)))
     shared, summary = ray.get(task.remote(cfg.to_dict(), data_ref, str(cfg.study_dir / "teacher")))
     from .shared import teacher_from_shared
 
@@ -220,6 +225,11 @@ def run_study(cfg: StudyConfig, resume: bool = False, progress: bool = True) -> 
 
         teacher_arch = read_weights_meta(cfg.teacher.checkpoint, "teacher.checkpoint")["arch"]
     validate_with_data(cfg, splits, teacher_arch or cfg.teacher.arch)
+    probe_splits = None
+    if cfg.probe is not None:  # the target's labeled splits for the linear probe (transfer studies)
+        probe_splits = load_splits(cfg.probe.data, progress=progress)
+        if not probe_splits.train.labeled:
+            raise ConfigError("probe.data", "its train split has no labels", "point it at the labeled target split")
     baseline = baseline_of(cfg, splits.image_size)
 
     import ray
@@ -236,16 +246,18 @@ def run_study(cfg: StudyConfig, resume: bool = False, progress: bool = True) -> 
     del splits
     data_ref = ray.put(data)
     log.info("dataset in the object store: %.1f MB (once per node)", shared_bytes(data) / 2**20)
-    teacher = obtain_teacher(cfg, data_ref)
+    probe_ref = ray.put(splits_to_shared(probe_splits)) if probe_splits is not None else None
+    teacher = obtain_teacher(cfg, data_ref, progress)
     exp_id, parent_id = parent_run(cfg, resume)
-    write_state(study_dir, baseline=baseline, experiment_path=experiment_path(cfg))
+    write_state(study_dir, baseline=baseline, experiment_path=experiment_path(cfg), metric=cfg.search.metric)
 
     callback = MLflowStudyCallback(
-        cfg.mlflow.tracking_uri, exp_id, parent_id, str(study_dir), cfg.name, cfg.max_t, baseline
+        cfg.mlflow.tracking_uri, exp_id, parent_id, str(study_dir), cfg.name, cfg.max_t, baseline, cfg.search.metric
     )
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, study=cfg.to_dict(), data=data_ref, teacher=teacher), resources
+        tune.with_parameters(run_trial, study=cfg.to_dict(), data=data_ref, teacher=teacher, probe_data=probe_ref),
+        resources,
     )
     path = experiment_path(cfg)
     if resume and tune.Tuner.can_restore(path):

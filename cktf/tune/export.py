@@ -48,9 +48,17 @@ def best_trial(study_dir: str | Path, required: bool = True, metric: str = "best
             )
         return None
     best = max(recs, key=lambda r: r[metric])
-    hist = [h for h in best.get("history", []) if "val_acc" in h]
-    at = max(hist, key=lambda h: h["val_acc"]) if hist else {}
-    return {**best, "best_epoch": at.get("epoch"), "test_acc": at.get("test_acc")}
+    val_key, test_key = metric_keys(study_dir)
+    hist = [h for h in best.get("history", []) if val_key in h]
+    at = max(hist, key=lambda h: h[val_key]) if hist else {}
+    return {**best, "best_epoch": at.get("epoch"), "test_acc": at.get(test_key), "metric_name": val_key}
+
+
+def metric_keys(study_dir: str | Path) -> tuple[str, str]:
+    """The study's selection metric and its test counterpart (``val_acc``/``test_acc``, or the probe's)."""
+    state = Path(study_dir) / "state.json"
+    metric = json.loads(state.read_text()).get("metric", "val_acc") if state.exists() else "val_acc"
+    return metric, metric.replace("val", "test")
 
 
 def _uri(rec: dict[str, Any]) -> str:
@@ -91,7 +99,7 @@ def export_best(study: str | Path, out: str | Path, onnx: bool = False) -> dict[
         "classes": meta.get("classes"),
         "distiller": meta.get("distiller"),
         "config": rec.get("config"),
-        "metric": {"name": "val_acc", "value": rec.get("best_val_acc"), "epoch": rec.get("best_epoch")},
+        "metric": {"name": rec.get("metric_name"), "value": rec.get("best_val_acc"), "epoch": rec.get("best_epoch")},
         "test_acc": rec.get("test_acc"),
         "study": study_dir.name,
         "study_dir": str(study_dir),

@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import Any
 
 #: metric names (prefixes) that reach MLflow; Ray's bookkeeping keys (pid, timestamp, config/...) do not
-METRIC_PREFIXES = ("loss/", "train_acc", "val_", "test_", "best_val_acc", "lr", "epoch_time_s", "images_per_s")
+METRIC_PREFIXES = (
+    "loss/",
+    "train_acc",
+    "val_",
+    "test_",
+    "best_val_acc",
+    "probe_",
+    "lr",
+    "epoch_time_s",
+    "images_per_s",
+)
 RUNNING, FINISHED, PRUNED, FAILED = "running", "finished", "pruned", "failed"
 MLFLOW_STATUS = {FINISHED: "FINISHED", PRUNED: "KILLED", FAILED: "FAILED", RUNNING: "RUNNING"}
 

@@ -50,9 +50,11 @@ class MLflowStudyCallback(Callback):
         study_name: str,
         max_t: int,
         baseline: dict[str, Any],
+        metric: str = "val_acc",
     ):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.study_dir, self.study_name, self.max_t, self.baseline = study_dir, study_name, int(max_t), baseline
+        self.metric = metric  # the study's selection metric (val_acc, or probe_val_acc in transfer studies)
         self._client = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -146,18 +148,31 @@ class MLflowStudyCallback(Callback):
         metrics = wanted_metrics(result)
         step = int(result.get("epoch", result.get("training_iteration", 1) - 1))
         rec = self.index.get(trial.trial_id)
+        ts = int(time.time() * 1000)
         if all(h.get("epoch") != step for h in rec.get("history", [])):
             # an epoch re-run after a restart on another node is not logged twice (the index keeps the re-run)
-            ts = int(time.time() * 1000)
             self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
         history = [h for h in rec.get("history", []) if h.get("epoch") != step] + [{"epoch": step, **metrics}]
         history.sort(key=lambda h: h["epoch"])
         extra = {k: v for k, v in result.items() if str(k).startswith("data/")}
+        if "probe/curve" in result:  # the final probe's per-epoch curve (Fig. 2): its own metric series
+            import json
+
+            curve = json.loads(result["probe/curve"])
+            batch = [
+                Metric(f"probe_curve/{k}", float(v), ts, int(row["probe_epoch"]))
+                for row in curve
+                for k, v in row.items()
+                if k != "probe_epoch"
+            ]
+            for i in range(0, len(batch), 500):
+                self.client.log_batch(run_id, metrics=batch[i : i + 500])
+            self.index.update(trial.trial_id, probe_curve=curve)
         self.index.update(
             trial.trial_id,
             history=history,
             iterations=int(result.get("epochs_done", len(history))),
-            best_val_acc=max((h["val_acc"] for h in history if "val_acc" in h), default=None),
+            best_val_acc=max((h[self.metric] for h in history if self.metric in h), default=None),
             data=extra or rec.get("data"),
         )
 

@@ -42,15 +42,20 @@ def summarize(study_dir: str | Path, top_k: int = 10) -> dict[str, Any]:
     meta = _study_meta(study_dir)
     state = json.loads((study_dir / "state.json").read_text()) if (study_dir / "state.json").exists() else {}
 
+    from .export import metric_keys
+
+    val_key, test_key = metric_keys(study_dir)
+
     def row(r: dict[str, Any]) -> dict[str, Any]:
-        hist = [h for h in r.get("history", []) if "val_acc" in h]
-        at = max(hist, key=lambda h: h["val_acc"]) if hist else {}
+        hist = [h for h in r.get("history", []) if val_key in h]
+        at = max(hist, key=lambda h: h[val_key]) if hist else {}
         return {
             "trial": r["trial_id"],
             "status": r.get("status"),
             "epochs": len(r.get("history", [])),
             "best_val_acc": r.get("best_val_acc"),
-            "test_acc_at_best_val": at.get("test_acc"),
+            "test_acc_at_best_val": at.get(test_key),
+            "probe_curve": r.get("probe_curve"),
             "baseline": bool(r.get("baseline")),
             "config": r.get("config", {}),
         }
@@ -64,7 +69,7 @@ def summarize(study_dir: str | Path, top_k: int = 10) -> dict[str, Any]:
         "study": study_dir.name,
         "status": state.get("status", "running"),
         "counts": {s: sum(x["status"] == s for x in rows) for s in (FINISHED, PRUNED, FAILED, "running")},
-        "metric": "val_acc (max); test accuracy reported at the val-selected epoch",
+        "metric": f"{val_key} (max); {test_key} reported at the selected epoch",
         "best": best,
         "baseline": baseline,
         "gain_over_baseline": (
@@ -118,8 +123,10 @@ def optuna_study(study_dir: Path):
     """An in-memory Optuna study rebuilt from the index (for importances and plots)."""
     import optuna
 
+    from .export import metric_keys
     from .space import parse_space
 
+    val_key, _ = metric_keys(study_dir)
     meta = _study_meta(study_dir)
     space = parse_space((meta.get("search") or {}).get("space") or {})
     dists = {}
@@ -143,12 +150,12 @@ def optuna_study(study_dir: Path):
         state = {FINISHED: "COMPLETE", PRUNED: "PRUNED"}.get(r.get("status"))
         if state is None:
             continue
-        inter = {int(h["epoch"]) + 1: h["val_acc"] for h in r.get("history", []) if "val_acc" in h}
+        inter = {int(h["epoch"]) + 1: h[val_key] for h in r.get("history", []) if val_key in h}
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,
                 distributions={k: dists[k] for k in params},
-                value=r["history"][-1]["val_acc"] if state == "COMPLETE" else None,
+                value=r["history"][-1].get(val_key) if state == "COMPLETE" else None,
                 state=getattr(optuna.trial.TrialState, state),
                 intermediate_values=inter,
             )
@@ -163,18 +170,21 @@ def write_plots(study_dir: Path, out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .export import metric_keys
+
+    val_key, _ = metric_keys(study_dir)
     written = []
     recs = TrialIndex(study_dir).all()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in recs:
-        hist = [h for h in r.get("history", []) if "val_acc" in h]
+        hist = [h for h in r.get("history", []) if val_key in h]
         if not hist:
             continue
         style = "-" if r.get("status") == FINISHED else "--"
         label = r["trial_id"] + (" baseline" if r.get("baseline") else "")
-        ax.plot([h["epoch"] + 1 for h in hist], [h["val_acc"] for h in hist], style, marker=".", label=label)
+        ax.plot([h["epoch"] + 1 for h in hist], [h[val_key] for h in hist], style, marker=".", label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("val top-1 (%)")
+    ax.set_ylabel(f"{val_key} (%)")
     ax.set_title(f"{study_dir.name}: validation accuracy per trial (dashed: pruned)")
     if len(recs) <= 16:
         ax.legend(fontsize=6)

@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..models import MODELS
 from ..registry import UnknownNameError
 from ..train.config import OptimConfig, RunConfig, TrainConfig, section_from_dict
+from ..transfer.probe import ProbeConfig
 from .space import ParamSpec, baseline_point, default_space, parse_space
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -43,6 +44,20 @@ class TeacherSpec:
     arch: str | None = None  # trained once on the study's train split when no checkpoint is given
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig | None = None  # the source domain (transfer); default: the study's data
+
+
+@dataclass
+class ProbeSpec:
+    """Transfer studies (Section 3.2): after distilling on the target's unlabeled images, a linear probe
+    on the target's labeled data. ``every`` distillation epochs a quick probe (cached features,
+    ``quick_epochs``) gives ASHA its metric; after the last epoch the full probe (``recipe``) runs and
+    its per-epoch curve is logged (Fig. 2)."""
+
+    data: DataConfig = field(default_factory=DataConfig)  # labeled target: train (+ held-out val) and test
+    recipe: ProbeConfig = field(default_factory=ProbeConfig)
+    every: int = 1  # quick probe every epoch (ASHA and Optuna need the metric at each report)
+    quick_epochs: int = 10
 
 
 @dataclass
@@ -112,6 +127,7 @@ class StudyConfig:
     workdir: str = "runs/studies"
     storage_path: str | None = None  # default: <workdir>/<name>/ray
     mlflow: MlflowSpec = field(default_factory=MlflowSpec)
+    probe: ProbeSpec | None = None  # transfer studies: distil unlabeled, then probe (metric probe_val_acc)
     source: str | None = None  # the YAML file this came from (set by load_study)
 
     # ------------------------------------------------------------------ derived
@@ -165,11 +181,16 @@ class StudyConfig:
             out_dir=out_dir,
         )
 
+    @property
+    def unlabeled(self) -> bool:
+        """Whether distillation sees images only (no CE, no val accuracy)."""
+        return self.data.drop_labels or DATASETS.get(self.data.dataset).train_split == "unlabeled"
+
     def teacher_run_config(self, out_dir: str) -> RunConfig:
         return RunConfig(
             student=self.teacher.arch or "",
             distiller="ce",
-            data=dataclasses.replace(self.data),
+            data=dataclasses.replace(self.teacher.data or self.data),
             optim=dataclasses.replace(self.teacher.optim),
             train=dataclasses.replace(self.teacher.train, progress=False),
             out_dir=out_dir,
@@ -188,6 +209,7 @@ SECTIONS: dict[str, type] = {
     "sampler": SamplerSpec,
     "resources": ResourceSpec,
     "mlflow": MlflowSpec,
+    "probe": ProbeSpec,
 }
 SEARCHABLE_TRAIN = {"batch_size"}
 
@@ -221,6 +243,8 @@ def study_from_dict(raw: dict[str, Any], source: str | None = None, validate: bo
             raise ConfigError(required, "missing", "every study names its name, student and distiller")
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
+        if key in SECTIONS and value is None:
+            continue  # the section's default (e.g. no probe)
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(key, f"must be a mapping, got {type(value).__name__}")
@@ -241,12 +265,19 @@ def study_from_dict(raw: dict[str, Any], source: str | None = None, validate: bo
 def _section(key: str, value: dict[str, Any]) -> Any:
     if key == "teacher":
         value = dict(value)
-        for sub, cls in (("optim", OptimConfig), ("train", TrainConfig)):
-            if sub in value:
+        for sub, cls in (("optim", OptimConfig), ("train", TrainConfig), ("data", DataConfig)):
+            if value.get(sub) is not None:
                 if not isinstance(value[sub], dict):
                     raise ConfigError(f"teacher.{sub}", "must be a mapping")
                 value[sub] = _typed(cls, value[sub], f"teacher.{sub}")
         return _typed(TeacherSpec, value, "teacher")
+    if key == "probe":
+        value = dict(value)
+        if value.get("data") is not None:
+            value["data"] = _typed(DataConfig, _mapping(value["data"], "probe.data"), "probe.data")
+        if value.get("recipe") is not None:
+            value["recipe"] = _typed(ProbeConfig, _mapping(value["recipe"], "probe.recipe"), "probe.recipe")
+        return _typed(ProbeSpec, value, "probe")
     if key == "search":
         value = dict(value)
         if "space" in value:
@@ -277,6 +308,12 @@ def _typed(cls: type, value: dict[str, Any], prefix: str) -> Any:
         return section_from_dict(cls, value, prefix)
     except TypeError as exc:
         raise ConfigError(prefix, str(exc)) from None
+
+
+def _mapping(value: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(prefix, "must be a mapping")
+    return value
 
 
 def _name(field_: str, get, name: str) -> Any:
@@ -338,6 +375,7 @@ def validate_study(cfg: StudyConfig) -> None:
         cfg.search.space = default_space(cfg.distiller)
     _validate_teacher(cfg)
     _validate_search(cfg, size)
+    _validate_transfer(cfg)
     if cfg.asha.grace_period < 1 or cfg.asha.grace_period > cfg.max_t:
         raise ConfigError("asha.grace_period", f"must be in [1, train.epochs={cfg.max_t}], got {cfg.asha.grace_period}")
     if cfg.asha.reduction_factor <= 1:
@@ -363,6 +401,30 @@ def validate_study(cfg: StudyConfig) -> None:
         raise ConfigError(bad, "out of range", "max_concurrent >= 0, max_failures >= 0, keep_checkpoints >= 1")
     if not cfg.mlflow.tracking_uri:
         raise ConfigError("mlflow.tracking_uri", "must not be empty", "e.g. sqlite:///mlflow.db")
+
+
+def _validate_transfer(cfg: StudyConfig) -> None:
+    metric = cfg.search.metric
+    if cfg.probe is None:
+        if cfg.unlabeled:
+            raise ConfigError(
+                "probe", "the distillation data has no labels, so trials need a probe to be compared", "add probe:"
+            )
+        return
+    p = cfg.probe
+    _name("probe.data.dataset", DATASETS.get, p.data.dataset)
+    p.data.validate()
+    if p.data.drop_labels or DATASETS.get(p.data.dataset).train_split == "unlabeled":
+        raise ConfigError("probe.data", "the probe trains on labels", "point it at the target's labeled split")
+    p.recipe.validate("probe.recipe")
+    if p.quick_epochs < 1:
+        raise ConfigError("probe.quick_epochs", f"must be >= 1, got {p.quick_epochs}")
+    if p.every != 1:
+        raise ConfigError("probe.every", "ASHA and Optuna need the probe metric every epoch", "set every: 1")
+    if not metric.startswith("probe_"):
+        raise ConfigError("search.metric", f"{metric!r} is not measured in a transfer study", "use probe_val_acc")
+    if cfg.teacher.arch and cfg.teacher.data is None and cfg.unlabeled:
+        raise ConfigError("teacher.data", "a teacher cannot be trained on unlabeled images", "give the source data")
 
 
 def _validate_teacher(cfg: StudyConfig) -> None:

@@ -55,6 +55,40 @@ def epochs_done(run_dir: Path) -> int:
     return sum(1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip())
 
 
+class ProbeCallback(Callback):
+    """Transfer trials: probe a frozen copy of the student on the target's labeled data (Section 3.2).
+
+    A quick probe (cached features, ``quick_epochs``) every ``every`` epochs gives ASHA its metric; the
+    last epoch runs the full probe recipe and adds its per-epoch curve (``probe/curve``, JSON) so the
+    driver logs it to MLflow (the paper's Fig. 2). Metrics go into the epoch's dict before it is reported.
+    """
+
+    def __init__(self, student, splits, spec, epochs: int, device):
+        self.student, self.splits, self.spec, self.epochs, self.device = student, splits, spec, epochs, device
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
+        import copy
+        import dataclasses
+        import json
+
+        from ..transfer import linear_probe
+
+        last = epoch == self.epochs - 1
+        if not last and (not self.spec.every or (epoch + 1) % self.spec.every):
+            return
+        recipe = self.spec.recipe
+        if not last:
+            recipe = dataclasses.replace(recipe, epochs=self.spec.quick_epochs, augment=False, milestones=())
+        backbone = copy.deepcopy(self.student)  # the live student keeps training; the probe freezes a copy
+        _, summary = linear_probe(backbone, self.splits, recipe, self.device)
+        metrics["probe_val_acc"] = summary["val_acc"] if summary["val_acc"] is not None else summary["test_acc"]
+        metrics["probe_test_acc"] = summary["test_acc"]
+        metrics["probe_test_acc_max_over_epochs"] = summary["test_acc_max_over_epochs"]
+        metrics["probe_epochs"] = float(recipe.epochs)
+        if last:
+            metrics["probe/curve"] = json.dumps(summary["history"])
+
+
 class TuneReporter(Callback):
     """Reports each epoch's metrics to Tune with the run directory as the checkpoint."""
 
@@ -63,7 +97,11 @@ class TuneReporter(Callback):
         self.best: float | None = None
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        result = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        result: dict[str, Any] = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        if "probe/curve" in metrics:
+            result["probe/curve"] = metrics["probe/curve"]
         if "val_acc" in result:
             self.best = result["val_acc"] if self.best is None else max(self.best, result["val_acc"])
             result["best_val_acc"] = self.best
@@ -82,6 +120,7 @@ def run_trial(
     study: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
     teacher: dict[str, Any] | None = None,
+    probe_data: dict[str, Any] | None = None,
 ) -> None:
     """Function trainable; ``config`` holds the sampled values (flat names, e.g. ``alpha1``, ``optim.lr``)."""
     import torch
@@ -119,6 +158,12 @@ def run_trial(
     extra = zero_copy_report(data)
     prepared = prepare_run(run_cfg, splits=splits_from_shared(data), teacher=t_model, teacher_arch=t_arch)
     reporter = TuneReporter(out, extra)
+    callbacks: list[Callback] = [reporter]
+    if cfg.probe is not None:
+        probe = ProbeCallback(
+            prepared.distiller.student, splits_from_shared(probe_data), cfg.probe, run_cfg.train.epochs, prepared.device
+        )
+        callbacks.insert(0, probe)
     if (out / "last.pt").exists() and (out / "metrics.jsonl").exists():  # keep best_val_acc across restarts
         import json
 
@@ -126,6 +171,6 @@ def run_trial(
         vals = [v for v in vals if v is not None and not math.isnan(v)]
         reporter.best = max(vals) if vals else None
     try:
-        fit(prepared, [reporter])
+        fit(prepared, callbacks)
     except NonFiniteLossError as exc:
         raise RuntimeError(f"trial stopped: {exc} (lower optim.lr or the loss weights in search.space)") from exc
