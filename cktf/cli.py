@@ -253,6 +253,36 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Linear probe of a trained/distilled model on a labeled dataset (Section 3.2, step 2)."""
+    from .data import DataConfig, load_splits
+    from .train.checkpoint import load_model
+    from .train.runner import resolve_device
+    from .transfer import ProbeConfig, linear_probe
+
+    data = _dataclass_from_args(DataConfig, args, dataset=args.dataset)
+    cfg = _dataclass_from_args(ProbeConfig, args)
+    cfg.validate()
+    model, meta = load_model(args.weights, "--weights")
+    splits = load_splits(data, progress=not args.quiet)
+    device = resolve_device(args.device)
+
+    def show(epoch: int, row: dict[str, float]) -> None:
+        if not args.quiet:
+            accs = "  ".join(f"{k[6:]} {v:.2f}" for k, v in row.items() if k.endswith("_acc"))
+            print(f"probe epoch {epoch + 1}/{cfg.epochs}: loss {row['probe_loss']:.4f}  {accs}")
+
+    _, summary = linear_probe(model, splits, cfg, device, on_epoch=show)
+    print(
+        f"probe of {meta['arch']} on {data.dataset}: test {summary['test_acc']:.2f}% at the best "
+        f"{'val' if summary['val_acc'] is not None else 'test'} epoch {summary['best_epoch']}"
+        f" (max over epochs {summary['test_acc_max_over_epochs']:.2f}%)"
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps({"weights": args.weights, **summary}, indent=1))
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -277,6 +307,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import DataConfig
+    from .transfer import ProbeConfig
+
     parser = argparse.ArgumentParser(prog="cktf", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -333,6 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--dry-run", action="store_true", help="print the command only")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("probe", help="linear probe of a model's frozen features on a labeled dataset")
+    p.add_argument("--weights", required=True, help="a cktf .safetensors (e.g. a distilled student)")
+    p.add_argument("--dataset", default="stl10", help="labeled target dataset (default: stl10)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="write the per-epoch curve and summary as JSON")
+    p.add_argument("--quiet", action="store_true")
+    _add_dataclass_args(p, DataConfig, "data-", skip=("dataset",))
+    _add_dataclass_args(p, ProbeConfig, "")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("quickstart", help="offline demo: resnet20 teacher then a KD resnet8 student on CIFAR-10")
     p.add_argument("--data-root", default=os.environ.get("CKTF_DATA_ROOT", "data"), help="folder with cifar10 data")

@@ -99,7 +99,7 @@ def test_paper_study_settings(path: Path) -> None:
         assert {k: getattr(optim, k) for k in RECIPE} == RECIPE
         assert (train.epochs, train.batch_size) == (240, 64)
     assert cfg.teacher.arch and not cfg.teacher.checkpoint
-    assert cfg.sampler.name == "tpe" and cfg.sampler.seed == 0
+    assert cfg.sampler.name == ("grid" if "ablations" in str(path) else "tpe") and cfg.sampler.seed == 0
     assert cfg.asha.reduction_factor == 4
     assert cfg.resources.cpu == 4 and cfg.max_concurrent == 8
     if path.parent.name == "table1":
@@ -168,7 +168,8 @@ def test_table1_baseline_is_the_released_setting(path: Path) -> None:
 def test_ablation_study(stem: str, field: str, choices: tuple) -> None:
     cfg = load_study(STUDIES / "ablations" / f"{stem}.yaml")
     assert _pair(STUDIES / "ablations" / f"{stem}.yaml") == ("cifar100", "resnet32x4", "resnet8x4")
-    assert list(cfg.search.space) == [field]
+    assert list(cfg.search.space) == [field, "train.seed"]
+    assert cfg.search.space["train.seed"].choices == (0, 1, 2)  # three seeds per arm, run as a grid
     spec = cfg.search.space[field]
     assert spec.type == "categorical" and spec.choices == choices
     assert cfg.search.num_samples == 3 * len(choices)
@@ -239,7 +240,8 @@ def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
         ("search.num_samples", 0, "search.num_samples"),
         ("asha.grace_period", 0, "asha.grace_period"),
         ("asha.reduction_factor", 1, "asha.reduction_factor"),
-        ("sampler.name", "grid", "sampler.name"),
+        ("sampler.name", "hyperband", "sampler.name"),
+        ("sampler.name", "grid", "search.space.alpha1"),  # a grid needs categorical parameters only
         ("resources.gpu", 1.5, "resources.gpu"),
         ("optim.weight_decay", "five", "optim.weight_decay"),
         ("teacher.optim.weight_decay", "5e-4x", "teacher.optim.weight_decay"),

@@ -129,3 +129,20 @@ def test_labels_are_required_when_cross_entropy_is_on(target, tmp_path):
     )
     with pytest.raises(ConfigError, match="distill.gamma"):
         prepare_run(run, teacher=create_model("vgg8", num_classes=200), teacher_arch="vgg8")
+
+
+def test_probe_cli_writes_the_curve(target, tmp_path):
+    from cktf.cli import main
+    from cktf.train.checkpoint import save_model_weights
+
+    cfg, _ = target
+    weights = tmp_path / "w.safetensors"
+    save_model_weights(weights, create_model("vgg8", num_classes=200), {"arch": "vgg8"})
+    out = tmp_path / "probe.json"
+    args = ["probe", "--weights", str(weights), "--dataset", "imagefolder", "--data-root", cfg.root]
+    args += ["--data-image-size", "64", "--data-train-subset", "400", "--data-test-subset", "200"]
+    assert main([*args, "--epochs", "2", "--no-augment", "--milestones", "--out", str(out), "--quiet"]) == 0
+    import json
+
+    summary = json.loads(out.read_text())
+    assert [h["probe_epoch"] for h in summary["history"]] == [1, 2] and summary["test_acc"] is not None

@@ -331,3 +331,23 @@ def test_every_shipped_study_round_trips_through_the_trial_dict(monkeypatch):
         cfg = load_study(path)
         again = study_from_dict(cfg.to_dict(), validate=False)
         assert again.to_dict() == cfg.to_dict(), path
+
+
+def test_grid_sampler_runs_every_ablation_arm_once():
+    import optuna
+
+    from cktf.tune.searcher import PrunedAwareOptunaSearch
+    from cktf.tune.space import make_space_fn
+
+    space = {
+        "mapping": ParamSpec("categorical", choices=("first", "last", "min_cos")),
+        "train.seed": ParamSpec("categorical", choices=(0, 1)),
+    }
+    grid = optuna.samplers.GridSampler({k: list(v.choices) for k, v in space.items()}, seed=0)
+    s = PrunedAwareOptunaSearch(space=make_space_fn(space), metric="val_acc", mode="max", sampler=grid, max_t=1)
+    seen = []
+    for i in range(6):
+        cfg = s.suggest(f"t{i}")
+        seen.append((cfg["mapping"], cfg["train.seed"]))
+        s.on_trial_complete(f"t{i}", {"val_acc": 1.0, "training_iteration": 1})
+    assert sorted(seen) == sorted((m, k) for m in ("first", "last", "min_cos") for k in (0, 1))

@@ -191,6 +191,10 @@ def _searcher(cfg: StudyConfig, baseline: dict[str, Any]):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if cfg.sampler.name == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.sampler.seed)
+    elif cfg.sampler.name == "grid":  # ablations: every combination once (the baseline is one of them)
+        grid = {k: list(v.choices) for k, v in cfg.search.space.items()}
+        sampler = optuna.samplers.GridSampler(grid, seed=cfg.sampler.seed)
+        baseline = {}
     else:
         sampler = optuna.samplers.TPESampler(
             seed=cfg.sampler.seed, n_startup_trials=cfg.sampler.n_startup_trials, multivariate=cfg.sampler.multivariate

@@ -80,7 +80,34 @@ def summarize(study_dir: str | Path, top_k: int = 10) -> dict[str, Any]:
         "top": rows[:top_k],
         "anchor": anchor_row((meta.get("data") or {}).get("dataset", ""), teacher, meta.get("student", "")),
         "teacher": state.get("teacher"),
+        "ablations": ablation_tables(rows, (meta.get("search") or {}).get("space") or {}),
     }
+
+
+def ablation_tables(rows: list[dict[str, Any]], space: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Section 3.3 comparisons: for each categorical searched parameter, one row per choice (trials,
+    finished, best and mean of the selection metric over finished trials, test at the best one)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, spec in space.items():
+        if spec.get("type") != "categorical":
+            continue
+        table = []
+        for choice in spec.get("choices", []):
+            arm = [x for x in rows if x["config"].get(name) == choice]
+            done = [x for x in arm if x["status"] == FINISHED and x["best_val_acc"] is not None]
+            best = max(done, key=lambda x: x["best_val_acc"]) if done else None
+            table.append(
+                {
+                    "choice": choice,
+                    "trials": len(arm),
+                    "finished": len(done),
+                    "best": best["best_val_acc"] if best else None,
+                    "mean": sum(x["best_val_acc"] for x in done) / len(done) if done else None,
+                    "test_at_best": best["test_acc_at_best_val"] if best else None,
+                }
+            )
+        out[name] = table
+    return out
 
 
 def _fmt(v: Any) -> str:
@@ -108,6 +135,17 @@ def to_markdown(s: dict[str, Any]) -> str:
             f"\npublished ({a['source']}): teacher {a['teacher_acc']}, student CE {a['student_ce_acc']}, KD {a['kd']},"
             f" CRD {a['crd']}, CRD+KD {a['crd_kd']}, CKTF {a['cktf']}, CKTF+KD {a['cktf_kd']}"
         )
+    for name, table in s.get("ablations", {}).items():
+        lines += [
+            "",
+            f"**{name}** (finished trials only)",
+            "",
+            "| choice | trials | finished | best | mean | test at best |",
+        ]
+        lines.append("|---|---|---|---|---|---|")
+        for t in table:
+            cells = [t["choice"], t["trials"], t["finished"], _fmt(t["best"]), _fmt(t["mean"]), _fmt(t["test_at_best"])]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     keys = sorted({k for x in s["top"] for k in x["config"]})
     lines += ["", "| trial | status | epochs | val | test | " + " | ".join(keys) + " |"]
     lines.append("|" + "---|" * (5 + len(keys)))

@@ -84,7 +84,7 @@ class AshaSpec:
 
 @dataclass
 class SamplerSpec:
-    name: str = "tpe"  # tpe | random
+    name: str = "tpe"  # tpe | random | grid (every combination of categorical choices once: ablations)
     seed: int = 0
     n_startup_trials: int = 5
     multivariate: bool = True
@@ -211,7 +211,7 @@ SECTIONS: dict[str, type] = {
     "mlflow": MlflowSpec,
     "probe": ProbeSpec,
 }
-SEARCHABLE_TRAIN = {"batch_size"}
+SEARCHABLE_TRAIN = {"batch_size", "seed"}  # seed: repeats of an ablation arm
 
 
 def expand_env(value: Any) -> Any:
@@ -382,8 +382,17 @@ def validate_study(cfg: StudyConfig) -> None:
         raise ConfigError("asha.reduction_factor", f"must be > 1, got {cfg.asha.reduction_factor}", "e.g. 2 or 4")
     if cfg.asha.brackets < 1:
         raise ConfigError("asha.brackets", "must be >= 1")
-    if cfg.sampler.name not in ("tpe", "random"):
-        raise ConfigError("sampler.name", f"unknown sampler {cfg.sampler.name!r}", "use tpe or random")
+    if cfg.sampler.name not in ("tpe", "random", "grid"):
+        raise ConfigError("sampler.name", f"unknown sampler {cfg.sampler.name!r}", "use tpe, random or grid")
+    if cfg.sampler.name == "grid":
+        loose = sorted(k for k, v in cfg.search.space.items() if v.type != "categorical")
+        if loose:
+            raise ConfigError(f"search.space.{loose[0]}", "a grid needs categorical parameters", "list its choices")
+        size = 1
+        for v in cfg.search.space.values():
+            size *= len(v.choices or ())
+        if cfg.search.num_samples != size:
+            raise ConfigError("search.num_samples", f"the grid has {size} points", f"set num_samples: {size}")
     if cfg.sampler.n_startup_trials < 0:
         raise ConfigError("sampler.n_startup_trials", "must be >= 0")
     if cfg.resources.cpu <= 0:
