@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..models import DistillModel
-from .index import FINISHED, TrialIndex
+from .index import FINISHED, TrialIndex, selected
 
 WEIGHTS = "model_best.safetensors"
 
@@ -34,24 +34,29 @@ def resolve_study_dir(study: str | Path, workdir: str = "runs/studies") -> Path:
     raise ConfigError("study", f"no study found at {study} (nor under {workdir}/)", "pass a study dir, YAML or name")
 
 
-def best_trial(study_dir: str | Path, required: bool = True, metric: str = "best_val_acc") -> dict[str, Any] | None:
-    """The index record of the best finished trial, with the test accuracy of its best epoch."""
-    recs = [
-        r
-        for r in TrialIndex(study_dir).all()
-        if r.get("status") == FINISHED and r.get(metric) is not None and r.get("checkpoint")
-    ]
-    if not recs:
+def best_trial(study_dir: str | Path, required: bool = True) -> dict[str, Any] | None:
+    """The index record of the best finished trial (by the study's metric at its selected epoch, see
+    :func:`cktf.tune.index.selected`), with that epoch's test accuracy."""
+    val_key, test_key = metric_keys(study_dir)
+    scored = []
+    for r in TrialIndex(study_dir).all():
+        at = selected(r.get("history", []), val_key)
+        if r.get("status") == FINISHED and at.get(val_key) is not None and r.get("checkpoint"):
+            scored.append((at[val_key], r, at))
+    if not scored:
         if required:
             raise ConfigError(
                 "study", f"no trial of {study_dir} has finished yet", "run or resume the study (cktf tune ... --resume)"
             )
         return None
-    best = max(recs, key=lambda r: r[metric])
-    val_key, test_key = metric_keys(study_dir)
-    hist = [h for h in best.get("history", []) if val_key in h]
-    at = max(hist, key=lambda h: h[val_key]) if hist else {}
-    return {**best, "best_epoch": at.get("epoch"), "test_acc": at.get(test_key), "metric_name": val_key}
+    value, best, at = max(scored, key=lambda x: x[0])
+    return {
+        **best,
+        "best_val_acc": value,
+        "best_epoch": at.get("epoch"),
+        "test_acc": at.get(test_key),
+        "metric_name": val_key,
+    }
 
 
 def metric_keys(study_dir: str | Path) -> tuple[str, str]:

@@ -35,6 +35,16 @@ def wanted_metrics(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def selected(history: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The epoch a trial is judged by: the best ``metric`` epoch, except in transfer studies
+    (``probe_*``), where it is the last epoch: its full probe, on the weights that are exported
+    (earlier epochs only carry the quick probe that steers ASHA)."""
+    rows = [h for h in history if metric in h]
+    if not rows:
+        return {}
+    return rows[-1] if metric.startswith("probe_") else max(rows, key=lambda h: h[metric])
+
+
 class TrialIndex:
     """``<study_dir>/trials/<trial_id>.json``: what cktf knows about each trial (atomic rewrites)."""
 

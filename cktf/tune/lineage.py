@@ -20,7 +20,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from .index import FAILED, FINISHED, MLFLOW_STATUS, PRUNED, RUNNING, TrialIndex, wanted_metrics
+from .index import FAILED, FINISHED, MLFLOW_STATUS, PRUNED, RUNNING, TrialIndex, selected, wanted_metrics
 
 __all__ = [
     "FAILED",
@@ -172,7 +172,7 @@ class MLflowStudyCallback(Callback):
             trial.trial_id,
             history=history,
             iterations=int(result.get("epochs_done", len(history))),
-            best_val_acc=max((h[self.metric] for h in history if self.metric in h), default=None),
+            best_val_acc=selected(history, self.metric).get(self.metric),
             data=extra or rec.get("data"),
         )
 

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .index import FAILED, FINISHED, PRUNED, TrialIndex
+from .index import FAILED, FINISHED, PRUNED, TrialIndex, selected
 
 log = logging.getLogger("cktf")
 
@@ -47,13 +47,12 @@ def summarize(study_dir: str | Path, top_k: int = 10) -> dict[str, Any]:
     val_key, test_key = metric_keys(study_dir)
 
     def row(r: dict[str, Any]) -> dict[str, Any]:
-        hist = [h for h in r.get("history", []) if val_key in h]
-        at = max(hist, key=lambda h: h[val_key]) if hist else {}
+        at = selected(r.get("history", []), val_key)
         return {
             "trial": r["trial_id"],
             "status": r.get("status"),
             "epochs": len(r.get("history", [])),
-            "best_val_acc": r.get("best_val_acc"),
+            "best_val_acc": at.get(val_key),
             "test_acc_at_best_val": at.get(test_key),
             "probe_curve": r.get("probe_curve"),
             "baseline": bool(r.get("baseline")),
