@@ -328,13 +328,13 @@ def test_cktf_mlp_head() -> None:
     assert all(isinstance(c.embed_s, Embed) for c in _critics(_build("cktf")).values())
 
 
-@pytest.mark.parametrize("flag", ["low_memory", "dense_scores"])
-def test_cktf_cheaper_scoring_same_loss_and_grads(flag: str) -> None:
-    """The exact alternatives to the official gather (recomputing it in backward; one dense matmul per bank)."""
-    naive, low = _build("cktf", seed=15), _build("cktf", seed=15, **{flag: True})
-    attr = {"low_memory": "low_memory", "dense_scores": "dense"}[flag]
-    assert all(getattr(c.memory, attr) for c in _critics(low).values())
-    assert not any(getattr(c.memory, attr) for c in _critics(naive).values())
+@pytest.mark.parametrize("scoring", ["low_memory", "dense", "fused"])
+def test_cktf_cheaper_scoring_same_loss_and_grads(scoring: str) -> None:
+    """The exact alternatives to the official gather (recomputing it in backward; one dense matmul per bank; the
+    fused closed-form NCE gradient), over every critic, the heads and the student."""
+    naive, low = _build("cktf", seed=15, scoring="gather"), _build("cktf", seed=15, scoring=scoring)
+    assert all(c.memory.scoring == scoring for c in _critics(low).values())
+    assert all(c.memory.scoring == "gather" for c in _critics(naive).values())
     gen = torch.Generator().manual_seed(16)
     batches = [_batch(gen), _batch(gen)]
     for batch in batches:
@@ -348,8 +348,8 @@ def test_cktf_cheaper_scoring_same_loss_and_grads(flag: str) -> None:
             torch.testing.assert_close(outs[1][key], outs[0][key], rtol=1e-6, atol=0)
         for (name, p_n), (_, p_l) in zip(naive.named_parameters(), low.named_parameters()):
             if p_n.grad is not None:
-                # dense sums the dot products in another order: fp32 noise relative to the largest gradient
-                atol = 1e-7 if flag == "low_memory" else 1e-5 * float(p_n.grad.abs().max())
+                # dense / fused sum the dot products in another order: fp32 noise relative to the largest gradient
+                atol = 1e-7 if scoring == "low_memory" else 1e-5 * float(p_n.grad.abs().max())
                 torch.testing.assert_close(p_l.grad, p_n.grad, rtol=1e-5, atol=atol, msg=name)
     for c_n, c_l in zip(_critics(naive).values(), _critics(low).values()):
         torch.testing.assert_close(c_l.memory.memory_s, c_n.memory.memory_s, rtol=1e-6, atol=1e-7)
@@ -371,7 +371,7 @@ def test_cktf_config_defaults_presets_and_combos() -> None:
     cfg = CKTFConfig()
     assert (cfg.gamma, cfg.alpha1, cfg.alpha2, cfg.tau) == (1.0, 0.1, 0.8, None)
     assert (cfg.mapping, cfg.head) == ("last", "linear")
-    assert (cfg.feat_dim, cfg.nce_k, cfg.nce_m, cfg.low_memory) == (128, 16384, 0.5, False)
+    assert (cfg.feat_dim, cfg.nce_k, cfg.nce_m, cfg.scoring) == (128, 16384, 0.5, "fused")
     paper, _, _ = parse_params("cktf-paper", {}, 32)
     assert (paper.alpha1, paper.alpha2, paper.mapping) == (0.8, 0.2, "last")
     # Table 1 CKTF+KD: -r 1 -a 1 -b 0.8 --theta 0.1
@@ -389,7 +389,14 @@ def test_cktf_config_defaults_presets_and_combos() -> None:
     if "fitnet" in DISTILLERS:
         p_cfg, _, theta = parse_params("cktf+fitnet", {"alpha1": 0.5}, 32)
         assert (p_cfg.alpha1, p_cfg.alpha2, p_cfg.mapping, theta) == (0.5, 0.8, "min_cos", 1.0)
-    for bad in ({"mapping": "closest"}, {"head": "pad"}, {"nce_k": 0}, {"alpha1": -0.1}, {"nce_m": 1.0}):
+    for bad in (
+        {"mapping": "closest"},
+        {"head": "pad"},
+        {"nce_k": 0},
+        {"alpha1": -0.1},
+        {"nce_m": 1.0},
+        {"scoring": "x"},
+    ):
         with pytest.raises(ConfigError):
             parse_params("cktf", bad)
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cktf.losses import (
+    SCORINGS,
     ContrastMemory,
     Embed,
     MLPEmbed,
@@ -29,6 +30,7 @@ from cktf.losses import (
     fsp_loss,
     fsp_matrix,
     ft_factor_loss,
+    fused_nce,
     hint_loss,
     match_spatial,
     nce_loss,
@@ -144,8 +146,8 @@ def _golden_crd_parts():
     return c, embed_s, embed_t, memory
 
 
-@pytest.mark.parametrize("low_memory", [False, True])
-def test_golden_crd_two_steps(low_memory: bool) -> None:
+@pytest.mark.parametrize("scoring", SCORINGS)
+def test_golden_crd_two_steps(scoring: str) -> None:
     c, embed_s, embed_t, memory = _golden_crd_parts()
     memory.chunk_elems = 3 * (c["k"] + 1) * c["feat_dim"]  # several chunks on the low-memory path
     for step, expected in zip((1, 2), c["steps"]):
@@ -159,7 +161,7 @@ def test_golden_crd_two_steps(low_memory: bool) -> None:
             idx(f"crd_cidx{step}"),
             c["temperature"],
             c["n_data"],
-            low_memory=low_memory,
+            scoring=scoring,
         )
         loss.backward()
         assert_close(loss, expected["loss"])
@@ -264,15 +266,15 @@ def test_crd_scores_before_update() -> None:
     assert not torch.equal(memory.memory_s, twin.memory_s)
 
 
-@pytest.mark.parametrize("low_memory", [False, True])
-def test_crd_gradient_routing(low_memory: bool) -> None:
+@pytest.mark.parametrize("scoring", ["gather", "low_memory", "dense"])
+def test_crd_gradient_routing(scoring: str) -> None:
     gen = torch.Generator().manual_seed(4)
     memory = ContrastMemory(16, 100, generator=gen)
     index = torch.arange(8)
     cidx = _contrast_idx(index, 20, 100, gen)
     z_s = _unit(8, 16, gen).requires_grad_(True)
     z_t = _unit(8, 16, gen).requires_grad_(True)
-    p_s, p_t = memory.score(z_s, z_t, cidx, 0.07, low_memory=low_memory)
+    p_s, p_t = memory.score(z_s, z_t, cidx, 0.07, scoring=scoring)
     nce_loss(p_s, 100).backward(retain_graph=True)
     assert z_s.grad is not None and z_s.grad.abs().sum() > 0
     assert z_t.grad is None
@@ -301,37 +303,66 @@ def test_embed_unit_norm() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ low-memory path
-def _run_steps(memory: ContrastMemory, steps, low_memory: bool):
+def _run_steps(memory: ContrastMemory, steps, scoring: str):
     """Two crd_pair_loss calls (memory updated between them) and a single backward, as with accumulation."""
     leaves, total = [], 0.0
     for z_s, z_t, index, cidx in steps:
         z_s, z_t = z_s.clone().requires_grad_(True), z_t.clone().requires_grad_(True)
         leaves += [z_s, z_t]
-        total = total + crd_pair_loss(memory, z_s, z_t, index, cidx, 0.07, low_memory=low_memory)
+        total = total + 1.5 * crd_pair_loss(memory, z_s, z_t, index, cidx, 0.07, scoring=scoring)
     total.backward()
     return total.detach(), [leaf.grad for leaf in leaves]
 
 
-def test_low_memory_equals_naive() -> None:
+@pytest.mark.parametrize(
+    ("scoring", "dense"), [("low_memory", None), ("dense", None), ("fused", True), ("fused", False)]
+)
+def test_cheaper_scorings_equal_the_official_gather(monkeypatch, scoring: str, dense: bool | None) -> None:
+    """Same loss, anchor gradients and bank updates as the official op order, over two steps and one backward."""
+    import cktf.losses.contrastive as contrastive
+
+    if dense is not None:  # force the fused path's scoring branch (auto picks by size)
+        monkeypatch.setattr(contrastive, "dense_is_cheaper", lambda *_: dense)
     gen = torch.Generator().manual_seed(6)
     n_data, d, k, bsz = 300, 32, 128, 16
     naive = ContrastMemory(d, n_data, generator=gen, chunk_elems=5 * (k + 1) * d)  # 4 chunks of <= 5 rows
-    low = copy.deepcopy(naive)
+    other = copy.deepcopy(naive)
     steps = []
     for offset in (0, 8):  # the second step re-uses 8 indices updated by the first
         index = torch.arange(offset, offset + bsz)
-        steps.append((_unit(bsz, d, gen), _unit(bsz, d, gen), index, _contrast_idx(index, k, n_data, gen)))
-    loss_n, grads_n = _run_steps(naive, steps, low_memory=False)
-    loss_l, grads_l = _run_steps(low, steps, low_memory=True)
-    torch.testing.assert_close(loss_l, loss_n, rtol=1e-6, atol=0)
-    for g_l, g_n in zip(grads_l, grads_n):
-        torch.testing.assert_close(g_l, g_n, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(low.memory_s, naive.memory_s, rtol=0, atol=0)
-    torch.testing.assert_close(low.memory_t, naive.memory_t, rtol=0, atol=0)
-    assert not low._bank_in_graph
+        cidx = _contrast_idx(index, k, n_data, gen)
+        cidx[:, 5] = cidx[:, 4]  # a repeated negative (sampling with replacement): its gradient adds up
+        steps.append((_unit(bsz, d, gen), _unit(bsz, d, gen), index, cidx))
+    loss_n, grads_n = _run_steps(naive, steps, scoring="gather")
+    loss_o, grads_o = _run_steps(other, steps, scoring=scoring)
+    torch.testing.assert_close(loss_o, loss_n, rtol=1e-6, atol=0)
+    exact = scoring == "low_memory"  # the same products in the same order
+    for g_o, g_n in zip(grads_o, grads_n):
+        atol = 1e-7 if exact else 1e-5 * float(g_n.abs().max())  # other summation order: fp32 noise
+        torch.testing.assert_close(g_o, g_n, rtol=1e-5, atol=atol)
+    torch.testing.assert_close(other.memory_s, naive.memory_s, rtol=0, atol=0)
+    torch.testing.assert_close(other.memory_t, naive.memory_t, rtol=0, atol=0)
+    torch.testing.assert_close(other.z_s, naive.z_s, rtol=1e-6, atol=0)
+    assert not other._bank_in_graph
 
 
-def _saved_bytes(memory: ContrastMemory, low_memory: bool, bsz: int, k: int) -> tuple[int, int]:
+def test_fused_nce_gradient_reaches_only_its_anchor_and_no_grad_skips_it() -> None:
+    gen = torch.Generator().manual_seed(11)
+    memory = ContrastMemory(16, 100, generator=gen)
+    cidx = _contrast_idx(torch.arange(8), 20, 100, gen)
+    z_s = _unit(8, 16, gen).requires_grad_(True)
+    z_t = _unit(8, 16, gen).requires_grad_(True)
+    kw = dict(temperature=0.07, n_data=100)
+    fused_nce(z_s, memory.memory_t, cidx, z_buf=memory.z_s, **kw).backward()
+    assert z_s.grad.abs().sum() > 0 and z_t.grad is None
+    with torch.no_grad():
+        loss = fused_nce(z_t, memory.memory_s, cidx, z_buf=memory.z_t, **kw)
+    assert loss.grad_fn is None and torch.isfinite(loss)
+    p_s, _ = memory.score(z_s, z_t, cidx, 0.07)  # Z set by the fused calls is the one score() uses
+    torch.testing.assert_close(fused_nce(z_s, memory.memory_t, cidx, z_buf=memory.z_s, **kw), nce_loss(p_s, 100))
+
+
+def _saved_bytes(memory: ContrastMemory, scoring: str, bsz: int, k: int) -> tuple[int, int]:
     """Bytes autograd keeps for backward (storages deduplicated), excluding references to the banks themselves."""
     gen = torch.Generator().manual_seed(7)
     d = memory.feat_dim
@@ -349,21 +380,23 @@ def _saved_bytes(memory: ContrastMemory, low_memory: bool, bsz: int, k: int) -> 
     z_t = _unit(bsz, d, gen).requires_grad_(True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = crd_pair_loss(
-            memory, z_s, z_t, index, _contrast_idx(index, k, memory.n_data, gen), 0.07, low_memory=low_memory
+            memory, z_s, z_t, index, _contrast_idx(index, k, memory.n_data, gen), 0.07, scoring=scoring
         )
     loss.backward()
     return sum(seen.values()), max(seen.values())
 
 
-def test_low_memory_saves_the_gather() -> None:
+def test_low_memory_and_fused_save_the_gather() -> None:
     bsz, k, d = 16, 1024, 128
     memory = ContrastMemory(d, 2000, generator=torch.Generator().manual_seed(8))
-    naive_total, naive_max = _saved_bytes(copy.deepcopy(memory), False, bsz, k)
-    low_total, low_max = _saved_bytes(copy.deepcopy(memory), True, bsz, k)
+    naive_total, naive_max = _saved_bytes(copy.deepcopy(memory), "gather", bsz, k)
+    low_total, low_max = _saved_bytes(copy.deepcopy(memory), "low_memory", bsz, k)
+    fused_total, _ = _saved_bytes(copy.deepcopy(memory), "fused", bsz, k)
     gather = bsz * (k + 1) * d * 4  # one bank's [B, K+1, d] fp32 block
     assert naive_max >= gather and naive_total >= 2 * gather
     assert low_max < gather / 16  # the largest thing kept is a [B, K+1] score/index tensor
     assert naive_total - low_total >= 2 * gather - gather // 8
+    assert fused_total <= 2 * bsz * d * 4  # one [B, d] anchor gradient per side, nothing of size K
 
 
 # ------------------------------------------------------------------------------------------------ stage pairs

@@ -136,7 +136,7 @@ def test_table1_study(path: Path) -> None:
     assert (dataset, teacher, student) in TABLE1_PAIRS
     assert path.stem == f"{dataset}_{teacher}_{student}"
     assert cfg.search.space == default_space("cktf"), "the default CKTF space, written out"
-    assert cfg.params == {"dense_scores": True}
+    assert cfg.params == {}
     assert cfg.search.num_samples == 32 and cfg.asha.grace_period == 20
     assert cfg.resources.gpu == (0.5 if teacher in ("resnet34", "resnet50") else 0.25)
     text = path.read_text()
@@ -176,7 +176,7 @@ def test_ablation_study(stem: str, field: str, choices: tuple) -> None:
     assert cfg.asha.grace_period == cfg.train.epochs == cfg.max_t, "no early stopping: every arm trains fully"
     released = {"alpha1": 0.1, "alpha2": 0.8, "tau": 0.1, "feat_dim": 128, "nce_k": 16384, "nce_m": 0.5}
     released.update(mapping="last", head="linear")
-    assert cfg.params == {**{k: v for k, v in released.items() if k != field}, "dense_scores": True}
+    assert cfg.params == {k: v for k, v in released.items() if k != field}
 
 
 def test_grace_period_may_equal_epochs_but_not_exceed_them() -> None:
@@ -218,7 +218,7 @@ def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = raw
     for p in parents:
-        node = node[p]
+        node = node.setdefault(p, {})
     node[leaf] = value
 
 

@@ -31,7 +31,7 @@ from cktf.tune.study import study_from_dict
         ({"search__space__alpha1": {"type": "uniform", "low": -0.1, "high": 1.0}}, "search.space.alpha1"),
         ({"search__space__mapping": {"type": "categorical", "choices": ["last", "diagonal"]}}, "search.space.mapping"),
         ({"search__space__tau": {"type": "log", "low": 0.0, "high": 0.2}}, "search.space.tau.low"),
-        ({"params": {"dense_scores": True, "alpha2": -1.0}}, "params.alpha2"),
+        ({"params": {"scoring": "fused", "alpha2": -1.0}}, "params.alpha2"),
         ({"asha__grace_period": 10}, "asha.grace_period"),
         ({"resources__gpu": 1.5}, "resources.gpu"),
         ({"search__space__optim.lr": {"type": "log", "low": -1.0, "high": 0.1}}, "search.space.optim.lr.low"),
@@ -271,7 +271,7 @@ def test_nan_loss_fails_the_trial_and_the_study_goes_on(finished_study, tmp_path
             "baseline": {"optim.lr": 1.0e12},
         },
         train={"epochs": 1, "batch_size": 64},
-        params={"dense_scores": True, "nce_k": 64},
+        params={"nce_k": 64},
         max_failures=0,
     )
     path = write_study(tmp_path / "nan.yaml", study)

@@ -28,7 +28,7 @@ def test_transfer_study_logs_the_probe_curve(tmp_path, data_root):
         "distiller": "cktf",
         "data": {**target, "train_subset": 256, "drop_labels": True, "val_fraction": 0},
         "teacher": {"checkpoint": str(teacher)},
-        "params": {"gamma": 0, "dense_scores": True},
+        "params": {"gamma": 0},
         "optim": {"milestones": []},
         "train": {"epochs": 2, "batch_size": 64, "eval_test": False},
         "probe": {

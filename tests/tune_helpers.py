@@ -22,7 +22,7 @@ def tiny_study(tmp: Path, data_root: Path, name: str = "tiny", **over: Any) -> d
             "val_fraction": 0.2,
         },
         "teacher": {"arch": "resnet8", "optim": {"milestones": []}, "train": {"epochs": 1}},
-        "params": {"dense_scores": True},
+        "params": {},
         "optim": {"lr": 0.05, "milestones": []},
         "train": {"epochs": 3, "batch_size": 64},
         "search": {

@@ -95,8 +95,7 @@ class CKTFConfig(TermConfig):
     nce_m: float = 0.5  # memory momentum
     mapping: str = "last"  # stage pairing: first | last | random | max_cos | min_cos (official Last/.../Smallest)
     head: str = "linear"  # embedding heads: linear (Embed, every script) | mlp (CKTF --head mlp)
-    low_memory: bool = False  # exact low-memory scoring: saves ~1.07 GB per critic at B=64, K=16384 (see CRDConfig)
-    dense_scores: bool = False  # one [B, N_data] matmul per bank instead of gathering [B, K+1, d] rows (faster)
+    scoring: str = "fused"  # fused | gather (official op order) | low_memory | dense: same loss (see CRDConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.tau, str):  # CLI / tune strings: the field's default is None, so coerce() keeps them
@@ -224,7 +223,8 @@ class CKTF(LossTerm):
     """Contrastive knowledge transfer over every intermediate module plus the penultimate features (Eq. 1).
 
     ``critics`` holds ``stem``, ``stage1`` .. ``stage{n}`` and ``final``, one :class:`ContrastModule` each.
-    ``last_choices`` records the teacher block chosen in each stage at the last step.
+    ``last_choices`` gives the teacher block chosen in each stage at the last step (read lazily: the cosine
+    mappings choose on the device, and only reading the choice waits for it).
     """
 
     config_cls = CKTFConfig
@@ -240,9 +240,7 @@ class CKTF(LossTerm):
         self.pool = FamilyPool(student.feature_pool)  # ST.determine_avgpool(model_s)
 
         def critic(s_dim: int, t_dim: int) -> ContrastModule:
-            return ContrastModule(
-                s_dim, t_dim, cfg.feat_dim, self.n_data, cfg.nce_m, cfg.head, cfg.low_memory, cfg.dense_scores
-            )
+            return ContrastModule(s_dim, t_dim, cfg.feat_dim, self.n_data, cfg.nce_m, cfg.head, cfg.scoring)
 
         critics = {"stem": critic(dims[0], dims[0])}
         critics.update({f"stage{k}": critic(dims[k], dims[k]) for k in range(1, self.n_stages + 1)})
@@ -250,7 +248,11 @@ class CKTF(LossTerm):
         self.critics = nn.ModuleDict(critics)
         # drawn after the critics so the mapping never changes their initialisation
         self.rng = StageRNG(int(torch.randint(0, 2**62, (1,)).item())) if cfg.mapping == "random" else None
-        self.last_choices: tuple[int, ...] = ()
+        self._choices: list = []
+
+    @property
+    def last_choices(self) -> tuple[int, ...]:
+        return tuple(int(j) for j in self._choices)
 
     def contrast_negatives(self) -> int:
         return self.cfg.nce_k
@@ -290,5 +292,5 @@ class CKTF(LossTerm):
                 choices.append(j_star)
                 losses[f"cktf_stage{k}"] = a1 * self.critics[f"stage{k}"](f_s, f_t, index, contrast_idx, tau)
             losses["cktf_final"] = a2 * self.critics["final"](s.pooled, t.pooled, index, contrast_idx, tau)
-        self.last_choices = tuple(choices)
+        self._choices = choices
         return losses

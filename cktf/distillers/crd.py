@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..losses import ContrastMemory, Embed, MLPEmbed, crd_pair_loss
+from ..losses import SCORINGS, ContrastMemory, Embed, MLPEmbed, crd_pair_loss
 from ..models import DistillModel, DistillOutput
 from ._base import DISTILLERS, DistillContext, LossTerm, TermConfig
 
@@ -40,8 +40,7 @@ class ContrastModule(nn.Module):
         n_data: number of training samples (bank rows; ``Pn = 1/n_data`` in the NCE loss).
         nce_m: bank momentum (0.5).
         head: ``"linear"`` (``Embed``, every released script) or ``"mlp"`` (CKTF ``--head mlp``).
-        low_memory: use the exact low-memory scoring path of :class:`ContrastMemory`.
-        dense: score against the whole bank with one matmul (:class:`ContrastMemory` ``dense``).
+        scoring: how :class:`ContrastMemory` scores and differentiates (:data:`~cktf.losses.SCORINGS`).
     """
 
     def __init__(
@@ -52,14 +51,13 @@ class ContrastModule(nn.Module):
         n_data: int,
         nce_m: float,
         head: str = "linear",
-        low_memory: bool = False,
-        dense: bool = False,
+        scoring: str = "fused",
     ):
         super().__init__()
         head_cls = HEADS[head]
         self.embed_s = head_cls(s_dim, feat_dim)
         self.embed_t = head_cls(t_dim, feat_dim)
-        self.memory = ContrastMemory(feat_dim, n_data, momentum=nce_m, low_memory=low_memory, dense=dense)
+        self.memory = ContrastMemory(feat_dim, n_data, momentum=nce_m, scoring=scoring)
 
     def forward(self, f_s: Tensor, f_t: Tensor, index: Tensor, contrast_idx: Tensor, temperature: float) -> Tensor:
         """Unweighted two-sided CRD loss of one feature pair, then the memory update (fp32, autocast off).
@@ -88,11 +86,12 @@ def check_contrast_batch(batch: Mapping[str, Tensor], nce_k: int) -> tuple[Tenso
 class CRDConfig(TermConfig):
     """RepDistiller's CRD row (``-r 1 -a 0 -b 0.8``, ``nce_t`` 0.07, K 16384, m 0.5, d 128; spec section 4).
 
-    ``low_memory``: score with :class:`ContrastMemory`'s exact low-memory path, which re-gathers the bank rows in
-    backward instead of keeping the two ``[B, K+1, d]`` fp32 gathers per critic for autograd (``2 x 64 x 16385 x 128
-    x 4`` bytes = 1.07 GB per critic at B = 64, K = 16384, d = 128; ``tests/test_losses.py`` checks what autograd
-    keeps). Same loss and gradients. Measured on CPU (2 cores, resnet8x4 <- resnet32x4, B = 64, N = K = 16384): peak
-    RSS 2.6 -> 1.5 GB for CRD (2.1 -> 2.4 s/step) and 7.1 -> 2.0 GB for CKTF's five critics (8.1 s/step both).
+    ``scoring`` (:data:`~cktf.losses.SCORINGS`, same loss and gradients up to fp32 summation order, tested):
+    ``fused`` (default) computes the NCE and its closed-form gradient in one pass and keeps only a ``[B, d]`` tensor
+    per side for backward; ``gather`` is the official op order, which keeps the two ``[B, K+1, d]`` fp32 gathers per
+    critic for autograd (``2 x 64 x 16385 x 128 x 4`` bytes = 1.07 GB per critic at B = 64, K = 16384, d = 128);
+    ``low_memory`` re-gathers them in backward instead; ``dense`` scores by one ``[B, N_data]`` matmul per bank
+    through autograd. ``benchmarks/contrast_memory.py`` measures time and peak memory of each side by side.
     """
 
     gamma: float = 1.0  # CE weight (-r)
@@ -101,8 +100,7 @@ class CRDConfig(TermConfig):
     feat_dim: int = 128  # embedding size d
     nce_k: int = 16384  # negatives per anchor K
     nce_m: float = 0.5  # memory momentum
-    low_memory: bool = False  # exact low-memory scoring (see the class docstring)
-    dense_scores: bool = False  # one [B, N_data] matmul per bank instead of gathering [B, K+1, d] rows (faster)
+    scoring: str = "fused"  # fused | gather (official op order) | low_memory | dense: same loss (class docstring)
 
     def validate(self, prefix: str = "distill") -> None:
         super().validate(prefix)
@@ -120,6 +118,12 @@ def validate_contrast_fields(cfg: TermConfig, prefix: str) -> None:
         raise ConfigError(f"{prefix}.nce_k", f"must be >= 1, got {cfg.nce_k}", "e.g. 16384")
     if not 0 <= cfg.nce_m < 1:
         raise ConfigError(f"{prefix}.nce_m", f"must be in [0, 1), got {cfg.nce_m}", "e.g. 0.5")
+    if cfg.scoring not in SCORINGS:
+        raise ConfigError(
+            f"{prefix}.scoring",
+            f"unknown scoring {cfg.scoring!r}",
+            f"use one of {', '.join(SCORINGS)} (fused is fastest)",
+        )
 
 
 @DISTILLERS.register("crd", summary="CRD: two-sided binary-NCE critic with memory banks on the penultimate features")
@@ -144,8 +148,7 @@ class CRD(LossTerm):
             self.n_data,
             cfg.nce_m,
             "linear",
-            cfg.low_memory,
-            cfg.dense_scores,
+            cfg.scoring,
         )
 
     def contrast_negatives(self) -> int:

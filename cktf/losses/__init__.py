@@ -6,7 +6,7 @@ cites its paper and the RepDistiller / CKTF file it copies; golden values in ``t
 running those official files.
 """
 
-from .contrastive import ContrastMemory, crd_pair_loss, nce_loss
+from .contrastive import SCORINGS, ContrastMemory, crd_pair_loss, dense_is_cheaper, fused_nce, nce_loss
 from .feature import (
     ab_boundary_loss,
     ab_loss,
@@ -28,6 +28,7 @@ from .stage_pairs import MAPPINGS, pad_channels, select_stage_pair, whole_tensor
 
 __all__ = [
     "MAPPINGS",
+    "SCORINGS",
     "ContrastMemory",
     "Embed",
     "MLPEmbed",
@@ -38,9 +39,11 @@ __all__ = [
     "at_map",
     "cc_loss",
     "crd_pair_loss",
+    "dense_is_cheaper",
     "fsp_loss",
     "fsp_matrix",
     "ft_factor_loss",
+    "fused_nce",
     "hint_loss",
     "l2_normalize",
     "match_spatial",

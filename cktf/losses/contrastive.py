@@ -19,6 +19,18 @@ here                          RepDistiller
 The positive (column 0 of ``contrast_idx``) is a *memory entry*, the other side's embedding stored the last time
 that sample was seen, not the current one; scoring happens before the momentum update, which uses the true sample
 index. Everything here runs in fp32 with autocast off (``exp(1/T)`` overflows fp16).
+
+Scoring paths (:data:`SCORINGS`; all give the same loss and gradients up to fp32 summation order, tested):
+
+* ``gather``: the official op order, ``bmm(bank[idx], z)`` through autograd (keeps the ``[B, K+1, d]`` gather per bank
+  for backward: 1.07 GB per critic at B=64, K=16384, d=128).
+* ``low_memory``: the same products, re-gathered chunk by chunk in backward instead of kept.
+* ``dense``: one ``[B, N_data]`` matmul per bank, then a gather of the ``K+1`` columns, through autograd.
+* ``fused`` (what the distillers use by default): :func:`fused_nce` computes the binary NCE *and its exact gradient
+  with respect to the anchor* in one no-grad pass (the gradient of Eq. 18 is closed-form: ``dL/ds_k = (r_k - [k=0]) /
+  (B T)`` with ``r = P / (P + K Pn + eps)``), scoring by the dense matmul or by a chunked gather, whichever reads less
+  (:func:`dense_is_cheaper`). Autograd keeps only the ``[B, d]`` gradient, so the banks can be updated in place right
+  away and no ``[B, K+1]`` intermediate outlives the call.
 """
 
 from __future__ import annotations
@@ -28,6 +40,12 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+#: how a :class:`ContrastMemory` computes the scores (see the module docstring)
+SCORINGS = ("fused", "gather", "low_memory", "dense")
+#: the autograd paths, which return the normalised scores themselves (:meth:`ContrastMemory.score`)
+AUTOGRAD_SCORINGS = ("gather", "low_memory", "dense")
+NCE_EPS = 1e-7
 
 
 def _row_chunks(bsz: int, chunk_rows: int) -> list[slice]:
@@ -81,15 +99,13 @@ class ContrastMemory(nn.Module):
         feat_dim: embedding size ``d`` (128 in CRD/CKTF).
         n_data: number of training samples ``N_data`` (bank rows).
         momentum: bank momentum ``m`` (0.5).
-        low_memory: default for ``score``: re-gather bank rows in backward instead of keeping the ``[B, K+1, d]``
-            gather per bank (~1.07 GB per module at B=64, K=16384, d=128). Same loss and gradients.
-        chunk_elems: low-memory path only: largest transient gather, in elements (``2**24`` = 64 MiB fp32).
-        dense: default for ``score``: score each anchor against the *whole* other bank with one matmul
-            (``z @ W.T``, ``[B, N_data]``) and gather the ``K+1`` columns, instead of gathering ``[B, K+1, d]`` bank
-            rows. The same numbers up to fp32 summation order; it reads each bank once per step instead of
-            ``B (K+1) / N_data`` times (about 21x at B=64, K=16384, N=50k) and keeps only the ``[B, N_data]`` score
-            gradient buffer in backward (12.8 MB at N=50k) instead of the gathered rows. Wins when
-            ``B (K+1) > N_data``, i.e. for every CIFAR / Tiny-ImageNet / STL-10 setting of the paper.
+        scoring: default path of :meth:`nce` (one of :data:`SCORINGS`, module docstring). ``gather`` is the
+            official op order; ``low_memory`` re-gathers bank rows in backward instead of keeping the ``[B, K+1, d]``
+            gather per bank (~1.07 GB per module at B=64, K=16384, d=128); ``dense`` scores each anchor against the
+            *whole* other bank with one matmul (``z @ W.T``, ``[B, N_data]``) and gathers the ``K+1`` columns;
+            ``fused`` computes loss and gradient in one pass (:func:`fused_nce`).
+        chunk_elems: largest transient gather of the ``low_memory`` and fused-gather paths, in elements
+            (``2**24`` = 64 MiB fp32).
         generator: RNG for the bank initialisation ``U(-s, s)``, ``s = 1/sqrt(d/3)``; the student bank is drawn
             first, as upstream draws ``memory_v1`` first.
     """
@@ -99,22 +115,21 @@ class ContrastMemory(nn.Module):
         feat_dim: int,
         n_data: int,
         momentum: float = 0.5,
-        low_memory: bool = False,
+        scoring: str = "gather",
         chunk_elems: int = 2**24,
         generator: torch.Generator | None = None,
-        dense: bool = False,
     ):
         super().__init__()
         self.momentum = float(momentum)
-        self.low_memory = low_memory
-        self.dense = dense
+        self.scoring = check_scoring(scoring)
         self.chunk_elems = int(chunk_elems)
         stdv = 1.0 / math.sqrt(feat_dim / 3)
         for name in ("memory_s", "memory_t"):
             self.register_buffer(name, torch.rand(n_data, feat_dim, generator=generator).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
-        self._bank_in_graph = False  # a low-memory graph holds the current banks: update must not write in place
+        self._bank_in_graph = False  # an autograd graph holds the current banks: update must not write in place
+        self._workspace: Tensor | None = None  # the fused dense path's [B, N_data] buffer, reused across steps
 
     @property
     def n_data(self) -> int:
@@ -124,13 +139,13 @@ class ContrastMemory(nn.Module):
     def feat_dim(self) -> int:
         return self.memory_s.shape[1]
 
-    def _bank_scores(self, bank: Tensor, z: Tensor, idx: Tensor, low_memory: bool) -> Tensor:
+    def _bank_scores(self, bank: Tensor, z: Tensor, idx: Tensor, scoring: str) -> Tensor:
         """``bank[idx[b, k]] . z[b]`` as ``[B, K+1]``; the gathered rows are detached (banks get no gradient)."""
-        if self.dense:
+        if scoring == "dense":
             if torch.is_grad_enabled() and z.requires_grad:
                 self._bank_in_graph = True  # mm saves the bank for backward: update must not write in place
             return torch.mm(z, bank.detach().t()).gather(1, idx)
-        if not low_memory:
+        if scoring == "gather":
             return torch.bmm(_gather(bank, idx).detach(), z.unsqueeze(2)).squeeze(2)
         if torch.is_grad_enabled() and z.requires_grad:
             self._bank_in_graph = True
@@ -143,25 +158,67 @@ class ContrastMemory(nn.Module):
         z_t_anchor: Tensor,
         contrast_idx: Tensor,
         temperature: float,
-        low_memory: bool | None = None,
+        scoring: str | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Score both anchors against the *other* side's bank: ``(p_s, p_t)``, each ``[B, K+1]``.
+        """Score both anchors against the *other* side's bank: ``(p_s, p_t)``, each ``[B, K+1]``, through autograd.
 
         ``p_s = exp(W_t[idx] . z_s / T) / Z_s`` (student anchor vs teacher bank),
         ``p_t = exp(W_s[idx] . z_t / T) / Z_t`` (teacher anchor vs student bank). Column 0 of ``contrast_idx``
         is the positive. On the first call each ``Z`` is set to ``mean(exp-scores) * N_data`` and then frozen.
-        Does not touch the banks; call ``update`` afterwards.
+        Does not touch the banks; call ``update`` afterwards. ``scoring``: one of :data:`AUTOGRAD_SCORINGS`
+        (default: the memory's own, or ``gather`` when that is ``fused``, which never materialises ``p``).
         """
+        self._check(contrast_idx)
+        scoring = self._autograd_scoring(scoring)
+        with torch.autocast(device_type=z_s_anchor.device.type, enabled=False):
+            z_s, z_t = z_s_anchor.float(), z_t_anchor.float()
+            out_s = torch.exp(self._bank_scores(self.memory_t, z_s, contrast_idx, scoring) / temperature)
+            out_t = torch.exp(self._bank_scores(self.memory_s, z_t, contrast_idx, scoring) / temperature)
+            return out_s / self._normaliser(self.z_s, out_s), out_t / self._normaliser(self.z_t, out_t)
+
+    def nce(
+        self,
+        z_s_anchor: Tensor,
+        z_t_anchor: Tensor,
+        contrast_idx: Tensor,
+        temperature: float,
+        n_data: int | None = None,
+        scoring: str | None = None,
+    ) -> Tensor:
+        """``nce_loss(p_s) + nce_loss(p_t)`` of :meth:`score`'s two sides, by the path ``scoring`` (default: the
+        memory's). ``n_data`` is the ``N`` of ``Pn = 1/N`` (default: the bank size). Does not touch the banks."""
+        scoring = self.scoring if scoring is None else check_scoring(scoring)
+        n = self.n_data if n_data is None else int(n_data)
+        if scoring != "fused":
+            p_s, p_t = self.score(z_s_anchor, z_t_anchor, contrast_idx, temperature, scoring=scoring)
+            return nce_loss(p_s, n) + nce_loss(p_t, n)
+        self._check(contrast_idx)
+        with torch.autocast(device_type=z_s_anchor.device.type, enabled=False):
+            kw = dict(temperature=temperature, n_data=n, n_norm=self.n_data, chunk_elems=self.chunk_elems)
+            kw["workspace"] = self._scratch(contrast_idx.shape[0], z_s_anchor.device)
+            loss_s = fused_nce(z_s_anchor.float(), self.memory_t, contrast_idx, z_buf=self.z_s, **kw)
+            loss_t = fused_nce(z_t_anchor.float(), self.memory_s, contrast_idx, z_buf=self.z_t, **kw)
+            return loss_s + loss_t
+
+    def _scratch(self, bsz: int, device: torch.device) -> Tensor:
+        """A persistent ``[B, N_data]`` fp32 buffer: a fresh one per call costs page faults on CPU (~6 ms at 50k)."""
+        ws = self._workspace
+        if ws is None or ws.shape != (bsz, self.n_data) or ws.device != device:
+            ws = self._workspace = torch.empty(bsz, self.n_data, device=device)
+        return ws
+
+    def _check(self, contrast_idx: Tensor) -> None:
         if contrast_idx.dim() != 2:
             raise ValueError(f"contrast_idx must be [B, K+1], got {tuple(contrast_idx.shape)}")
         if self.memory_s.dtype != torch.float32 or self.z_s.dtype != torch.float32:
             raise TypeError("ContrastMemory must stay fp32 (exp(1/T) and Z ~ 1e5 overflow fp16); do not .half() it")
-        low_memory = self.low_memory if low_memory is None else low_memory
-        with torch.autocast(device_type=z_s_anchor.device.type, enabled=False):
-            z_s, z_t = z_s_anchor.float(), z_t_anchor.float()
-            out_s = torch.exp(self._bank_scores(self.memory_t, z_s, contrast_idx, low_memory) / temperature)
-            out_t = torch.exp(self._bank_scores(self.memory_s, z_t, contrast_idx, low_memory) / temperature)
-            return out_s / self._normaliser(self.z_s, out_s), out_t / self._normaliser(self.z_t, out_t)
+
+    def _autograd_scoring(self, scoring: str | None) -> str:
+        if scoring is None:
+            return self.scoring if self.scoring in AUTOGRAD_SCORINGS else "gather"
+        if scoring not in AUTOGRAD_SCORINGS:
+            raise ValueError(f"score() takes one of {AUTOGRAD_SCORINGS}, got {scoring!r} (fused: use nce())")
+        return scoring
 
     def _normaliser(self, z_buf: Tensor, out: Tensor) -> Tensor:
         """Set ``Z`` once (``mean(out) * N_data``) without a host sync; return it as a fresh (unsaved) tensor."""
@@ -174,8 +231,9 @@ class ContrastMemory(nn.Module):
     def update(self, z_s: Tensor, z_t: Tensor, index: Tensor) -> None:
         """Momentum update of the rows at the true sample ``index``: ``W[y] = l2(m W[y] + (1-m) z)``, both banks.
 
-        In place (``index_copy_``), as upstream, unless a low-memory score still needs the current banks for its
-        backward: then the updated banks are new tensors (same values; the old ones are freed with that graph).
+        In place (``index_copy_``), as upstream, unless an autograd score (``low_memory``, ``dense``) still needs the
+        current banks for its backward: then the updated banks are new tensors (same values; the old ones are freed
+        with that graph). The ``fused`` and ``gather`` paths keep no reference to the banks, so they update in place.
         """
         copy_on_write, self._bank_in_graph = self._bank_in_graph, False
         for name, z in (("memory_s", z_s), ("memory_t", z_t)):
@@ -213,16 +271,128 @@ def crd_pair_loss(
     contrast_idx: Tensor,
     temperature: float,
     n_data: int | None = None,
-    low_memory: bool | None = None,
+    scoring: str | None = None,
 ) -> Tensor:
     """One CRD module: ``nce(p_s) + nce(p_t)``, then the memory update (RepDistiller ``CRDLoss.forward``).
 
     ``z_s``/``z_t`` are the l2-normalised head outputs (``Embed``) of student and teacher. The student-anchor term
     trains ``z_s`` (student and ``embed_s``), the teacher-anchor term only ``z_t`` (``embed_t``); the banks never
-    get gradients. ``n_data`` defaults to the bank size (upstream passes ``opt.n_data`` to both).
+    get gradients. ``n_data`` defaults to the bank size (upstream passes ``opt.n_data`` to both). ``scoring``: one of
+    :data:`SCORINGS` (default: the memory's own).
     """
-    p_s, p_t = memory.score(z_s, z_t, contrast_idx, temperature, low_memory=low_memory)
-    n = memory.n_data if n_data is None else n_data
-    loss = nce_loss(p_s, n) + nce_loss(p_t, n)
+    loss = memory.nce(z_s, z_t, contrast_idx, temperature, n_data=n_data, scoring=scoring)
     memory.update(z_s, z_t, index)
     return loss
+
+
+def check_scoring(scoring: str) -> str:
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    return scoring
+
+
+def dense_is_cheaper(bsz: int, k: int, n_bank: int) -> bool:
+    """Whether one ``[B, N]`` matmul per bank beats gathering ``B (K+1)`` bank rows.
+
+    The matmul reads the bank once and does ``B N d`` multiply-adds at GEMM speed; the gather reads ``B (K+1)`` rows
+    at memory speed. With GEMMs ~10-20 flops per byte faster than gathers (CPU and GPU alike) the matmul wins while
+    ``N <= B (K+1) / 2``: every CIFAR / Tiny-ImageNet / STL-10 setting of the paper (``N`` up to 100k vs 1.05M).
+    """
+    return 2 * n_bank <= bsz * (k + 1)
+
+
+class _AttachGrad(torch.autograd.Function):
+    """``loss`` (computed without autograd) with its precomputed gradient ``grad`` w.r.t. ``anchor`` attached."""
+
+    @staticmethod
+    def forward(ctx, anchor: Tensor, loss: Tensor, grad: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(grad)
+        return loss.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None, None
+
+
+def fused_nce(
+    anchor: Tensor,
+    bank: Tensor,
+    contrast_idx: Tensor,
+    *,
+    temperature: float,
+    z_buf: Tensor,
+    n_data: int,
+    n_norm: int | None = None,
+    dense: bool | None = None,
+    chunk_elems: int = 2**24,
+    eps: float = NCE_EPS,
+    workspace: Tensor | None = None,
+) -> Tensor:
+    """One side of CRD in one pass: ``nce_loss(exp(bank[idx] . anchor / T) / Z)`` and its exact gradient.
+
+    Same value and gradient as scoring through autograd and calling :func:`nce_loss` (RepDistiller
+    ``ContrastMemory`` + ``ContrastLoss``), up to fp32 rounding. With ``P = exp(s / T) / Z`` (``Z`` constant: set
+    once, without gradient, on the first call, exactly as :meth:`ContrastMemory.score` sets it),
+    ``c = K Pn + eps`` and ``r = P / (P + c)``, the loss of Eq. 18 is
+    ``L = -(sum_b log r_b0 + sum_{b, k>0} log(K Pn / (P_bk + c))) / B`` and its derivative with respect to the raw
+    score ``s_bk`` is ``(r_bk - [k = 0]) / (B T)``; the anchor's gradient is that weight times the bank rows, summed
+    (one ``[B, N]`` scatter and matmul on the dense path, a chunked re-gather otherwise).
+
+    Args:
+        anchor: ``[B, d]`` fp32 l2-normalised embeddings (the side being scored).
+        bank: ``[N, d]`` the *other* side's memory bank (read only, never differentiated).
+        contrast_idx: ``[B, K+1]`` bank rows, column 0 the positive.
+        temperature: ``T``.
+        z_buf: the side's 0-dim ``Z`` buffer (``< 0`` until set; set in place on the first call).
+        n_data: ``N`` of ``Pn = 1/N`` in the loss.
+        n_norm: ``N`` of ``Z = mean(exp(s / T)) * N`` (default ``n_data``; the memory passes its bank size).
+        dense: score by ``[B, N]`` matmul (``True``) or chunked gather (``False``); ``None``: :func:`dense_is_cheaper`.
+        chunk_elems: largest transient gather of the gather path, in elements.
+        eps: the ``1e-7`` of ``ContrastLoss`` (denominators only).
+        workspace: optional ``[B, N]`` fp32 buffer for the dense path's scores (overwritten; never returned).
+
+    Returns:
+        The 0-dim loss; its graph holds one ``[B, d]`` tensor, so ``bank`` may be updated in place right after.
+    """
+    bsz, k1 = contrast_idx.shape
+    k = k1 - 1
+    n_norm = n_data if n_norm is None else n_norm
+    dense = dense_is_cheaper(bsz, k, bank.shape[0]) if dense is None else dense
+    need_grad = torch.is_grad_enabled() and anchor.requires_grad
+    with torch.no_grad():
+        a, w = anchor.detach(), bank.detach()
+        if dense:
+            ok = workspace is not None and workspace.shape == (bsz, w.shape[0]) and workspace.device == a.device
+            full = torch.mm(a, w.t(), out=workspace) if ok else torch.mm(a, w.t())  # [B, N]: vs the whole bank
+            p = full.gather(1, contrast_idx)
+        else:
+            full = None
+            chunk_rows = max(1, chunk_elems // (k1 * w.shape[1]))
+            p = a.new_empty(contrast_idx.shape)
+            for rows in _row_chunks(bsz, chunk_rows):
+                p[rows] = torch.bmm(_gather(w, contrast_idx[rows]), a[rows].unsqueeze(2)).squeeze(2)
+        p.div_(temperature).exp_()
+        z_buf.copy_(torch.where(z_buf < 0, p.mean() * n_norm, z_buf))  # Z once, without a host sync
+        p.div_(z_buf)
+        k_pn = k * (1.0 / float(n_data))
+        den = p + (k_pn + eps)
+        p.div_(den)  # r = P / (P + K Pn + eps)
+        log_d1 = p[:, 0].log().sum()
+        log_d0 = den[:, 1:].reciprocal_().mul_(k_pn).log_().sum()  # log(K Pn / (P + K Pn + eps))
+        del den
+        loss = -(log_d1 + log_d0) / bsz
+        if not need_grad:
+            return loss
+        p[:, 0] -= 1.0
+        p.mul_(1.0 / (bsz * temperature))  # dL/ds
+        if full is not None:
+            full.zero_().scatter_add_(1, contrast_idx, p)  # duplicates (sampling with replacement) add up
+            grad = torch.mm(full, w)
+        else:
+            grad = torch.empty_like(a)
+            for rows in _row_chunks(bsz, chunk_rows):
+                grad[rows] = _gather(w, contrast_idx[rows]).transpose(1, 2).bmm(p[rows].unsqueeze(2)).squeeze(2)
+        del full, p
+    return _AttachGrad.apply(anchor, loss, grad)

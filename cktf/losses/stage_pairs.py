@@ -34,6 +34,15 @@ def pad_channels(x: Tensor, channels: int) -> Tensor:
     return F.pad(x, (0, 0, 0, 0, half, half, 0, 0))
 
 
+def normalize_over_batch(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``F.normalize(x, p=2, dim=0)``: ``x / max(||x||_dim0, eps)``, with the norm as ``sqrt(sum(x^2, 0))``.
+
+    Same values up to fp32 rounding; ``torch.linalg.vector_norm`` reduces over the outermost dim about 8x slower on
+    CPU (27 vs 3.5 ms for a ``[64, 64, 32, 32]`` stage output), and this runs on every stage tensor of every step.
+    """
+    return x / x.square().sum(0, keepdim=True).sqrt().clamp_min(eps)
+
+
 def whole_tensor_cosine(a: Tensor, b: Tensor) -> Tensor:
     """``sum(a*b) / max(||a|| ||b||, 1e-8)`` over the whole tensor (CKTF ``cosineSimilarity``)."""
     return torch.sum(a * b) / torch.clamp(torch.sqrt(torch.sum(a**2)) * torch.sqrt(torch.sum(b**2)), min=1e-8)
@@ -56,7 +65,7 @@ def select_stage_pair(
     mapping: str,
     pool: Callable[[Tensor], Tensor],
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor, int]:
+) -> tuple[Tensor, Tensor, int | Tensor]:
     """Pick the teacher block of one stage for the student's last block; return ``(s_k, t_k, j_star)``.
 
     Args:
@@ -70,15 +79,18 @@ def select_stage_pair(
 
     Returns:
         ``s_k = flatten(pool(pad(normalize(s, dim=0))))``, ``t_k = flatten(pool(normalize(t_j*, dim=0)))`` and
-        ``j_star``. Gradients flow to the student through ``s_k``; the choice itself is not differentiated.
+        ``j_star``: an ``int`` for ``first``/``last``/``random``, a 0-dim long tensor on the blocks' device for the
+        cosine mappings (chosen on the device: no host round trip per step; ``int(j_star)`` reads it). Gradients
+        flow to the student through ``s_k``; the choice itself is not differentiated.
+
+    Only the blocks a mapping needs are normalised: the chosen one for ``first``/``last``/``random`` (the same
+    tensors upstream computes for every block and then discards), all of them for the cosine mappings.
     """
     if len(teacher_blocks) == 0:
         raise ValueError("teacher_blocks is empty")
     mapping = _canonical(mapping)
-    s = F.normalize(student_last_block, p=2, dim=0)
-    t_norm = [F.normalize(t, p=2, dim=0) for t in teacher_blocks]
-    cos = []
-    for t in t_norm:  # padding is re-checked against every teacher block, as upstream
+    s = normalize_over_batch(student_last_block)
+    for t in teacher_blocks:  # padding is re-checked against every teacher block, as upstream
         if s.shape != t.shape:
             s = pad_channels(s, t.shape[1])
         if s.shape != t.shape:
@@ -87,21 +99,24 @@ def select_stage_pair(
                 f"{tuple(t.shape)}: CKTF zero-pads (Ct-Cs)//2 channels per side, so the channel "
                 "difference must be even and batch/spatial sizes equal"
             )
-        if mapping in ("max_cos", "min_cos"):
-            with torch.no_grad():
-                cos.append(whole_tensor_cosine(s, t).item())
-    n = len(t_norm)
+    n = len(teacher_blocks)
+    s_k = pool(s)
+    s_k = s_k.reshape(s_k.shape[0], -1)
+    if mapping in ("max_cos", "min_cos"):
+        t_norm = [normalize_over_batch(t) for t in teacher_blocks]
+        with torch.no_grad():
+            cos = torch.stack([whole_tensor_cosine(s, t) for t in t_norm])
+            # arg-best of the reversed list = the highest index among ties
+            rev = cos.flip(0).argmax() if mapping == "max_cos" else cos.flip(0).argmin()
+            j_star: int | Tensor = (n - 1) - rev
+        pooled = torch.stack([pool(t).reshape(t.shape[0], -1) for t in t_norm])
+        return s_k, pooled.index_select(0, j_star.reshape(1)).squeeze(0), j_star
     if mapping == "first":
         j_star = 0
     elif mapping == "last":
         j_star = n - 1
-    elif mapping == "random":
+    else:
         device = generator.device if generator is not None else None
         j_star = int(torch.randint(n, (1,), generator=generator, device=device).item())
-    elif mapping == "max_cos":
-        j_star = max(range(n), key=lambda j: (cos[j], j))
-    else:
-        j_star = min(range(n), key=lambda j: (cos[j], -j))
-    s_k = pool(s)
-    t_k = pool(t_norm[j_star])
-    return s_k.reshape(s_k.shape[0], -1), t_k.reshape(t_k.shape[0], -1), j_star
+    t_k = pool(normalize_over_batch(teacher_blocks[j_star]))
+    return s_k, t_k.reshape(t_k.shape[0], -1), j_star
