@@ -358,6 +358,24 @@ def test_rrc_identity_box_and_interior_matches_torchvision():
     assert a.shape == (4, 3, 64, 64) and a.dtype == torch.float32 and torch.equal(a, b)
 
 
+def test_rrc_separable_resampling_equals_grid_sample_with_flips():
+    """The two-matmul resampling is bilinear ``grid_sample`` (border padding, pixel centres) on the box, mirrored."""
+    x = _nchw(b=16, h=64, w=64).float()
+    g = torch.Generator().manual_seed(4)
+    boxes = aug.rrc_boxes(16, 64, 64, generator=g)
+    flips = torch.rand(16, generator=g) < 0.5
+    top, left, bh, bw = boxes.unbind(1)
+    theta = torch.zeros(16, 2, 3)
+    theta[:, 0, 0] = torch.where(flips, -bw / 64, bw / 64)
+    theta[:, 0, 2] = (2 * left + bw) / 64 - 1
+    theta[:, 1, 1] = bh / 64
+    theta[:, 1, 2] = (2 * top + bh) / 64 - 1
+    grid = torch.nn.functional.affine_grid(theta, [16, 3, 48, 48], align_corners=False)
+    ref = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = aug._resample_separable(x, boxes, 48, flips)
+    assert 2 < int(flips.sum()) < 14 and (out - ref).abs().max() < 2e-3  # fp32 grid coordinates vs float64 here
+
+
 def test_resize_center_crop_and_normalize_match_torchvision():
     from torchvision.transforms import v2
 
@@ -522,3 +540,13 @@ def test_splits_feed_loader_end_to_end():
     assert (t[b["contrast_idx"][:, 1:]] != b["target"][:, None]).all()
     assert b["contrast_idx"].max() < len(s.train)
     assert abs(float(b["image"].mean())) < 0.5
+
+
+def test_splits_live_on_the_gpu_only_when_they_take_at_most_half_its_free_memory():
+    from cktf.data.loader import fits_on_device
+
+    gib = 2**30
+    cifar100, stl10_unlabeled = 50_000 * 32 * 32 * 3, 100_000 * 96 * 96 * 3
+    assert fits_on_device(cifar100, 2 * gib) and fits_on_device(stl10_unlabeled, 6 * gib)
+    assert not fits_on_device(stl10_unlabeled, 4 * gib)  # e.g. a small GPU share: kept on the host
+    assert fits_on_device(gib, 2 * gib) and not fits_on_device(gib + 1, 2 * gib)

@@ -8,8 +8,9 @@ batch is reproducible from the generator's seed. There is no per-sample Python a
   batch is zero-padded once and the crop and flip are one gather with per-sample index arithmetic.
 * :func:`random_resized_crop_flip`: ``RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3))`` +
   flip (Tiny-ImageNet, STL-10); the boxes follow torchvision's 10-attempt rule (vectorised) and are
-  resampled bilinearly (``grid_sample`` when every box is enlarged, else ``torchvision.ops.roi_align``
-  with adaptive sampling, which averages when shrinking, i.e. antialiases like PIL).
+  resampled bilinearly (two batched matmuls with per-sample interpolation matrices when every box is
+  enlarged, else ``torchvision.ops.roi_align`` with adaptive sampling, which averages when shrinking,
+  i.e. antialiases like PIL).
 * :func:`resize_center_crop`: ``Resize(size)`` + ``CenterCrop(size)`` for evaluation, with antialiasing.
 * :func:`normalize`: ``ToTensor`` + ``Normalize`` in one fused multiply-add.
 """
@@ -135,7 +136,7 @@ def random_resized_crop_flip(
     flips = _rand((b,), generator, dev) < 0.5 if flip else torch.zeros(b, dtype=torch.bool, device=dev)
     xf = x.to(torch.float32, memory_format=torch.contiguous_format)
     if h <= size and w <= size:  # every box is enlarged: one bilinear sample per pixel, flip folded in
-        return _resample_grid(xf, boxes, size, flips)
+        return _resample_separable(xf, boxes, size, flips)
     out = _resample_roi(xf, boxes, size)
     return torch.where(flips[:, None, None, None], out.flip(3), out)
 
@@ -150,21 +151,37 @@ def _resample_roi(x: Tensor, boxes: Tensor, size: int) -> Tensor:
     return roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
-def _resample_grid(x: Tensor, boxes: Tensor, size: int, flips: Tensor) -> Tensor:
-    """Same as :func:`_resample_roi` for boxes no larger than ``size`` (one sample per pixel), via ``grid_sample``.
+def _interp_matrix(start: Tensor, length: Tensor, size: int, n_in: int, flip: Tensor | None = None) -> Tensor:
+    """``[B, size, n_in]`` bilinear weights: output pixel ``j`` samples input coordinate ``start + length (j + 1/2)
+    / size - 1/2`` (pixel centres, ``align_corners=False``), clamped to the image (``padding_mode="border"``);
+    rows are reversed where ``flip``. Coordinates in float64, so the weights are exact to fp32 rounding."""
+    j = torch.arange(size, dtype=torch.float64, device=start.device)
+    pos = start.double()[:, None] + length.double()[:, None] * (2 * j + 1) / (2 * size) - 0.5
+    if flip is not None:
+        pos = torch.where(flip[:, None], pos.flip(1), pos)
+    pos = pos.clamp(0, n_in - 1)
+    i0 = pos.floor()
+    w1 = (pos - i0).float()[..., None]
+    i0 = i0.long()[..., None]
+    m = torch.zeros(start.shape[0], size, n_in, device=start.device)
+    m.scatter_add_(2, i0, 1 - w1)
+    return m.scatter_add_(2, (i0 + 1).clamp(max=n_in - 1), w1)
 
-    The affine grid maps output pixel centres to box coordinates exactly as ``roi_align(aligned=True)``
-    does with one sample per bin; a negative x scale flips.
+
+def _resample_separable(x: Tensor, boxes: Tensor, size: int, flips: Tensor) -> Tensor:
+    """Same as :func:`_resample_roi` for boxes no larger than ``size`` (one sample per pixel), separably.
+
+    Bilinear sampling of an axis-aligned box factorises into a row and a column interpolation:
+    ``out[b, c] = Wy[b] @ x[b, c] @ Wx[b].T``, two batched matmuls (no ``[B, S, S, 2]`` sampling grid, which
+    is where ``affine_grid`` + ``grid_sample`` spent most of their time); a flip reverses ``Wx``'s rows.
     """
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     top, left, bh, bw = boxes.unbind(1)
-    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = torch.where(flips, -bw / w, bw / w)
-    theta[:, 0, 2] = (2 * left + bw) / w - 1
-    theta[:, 1, 1] = bh / h
-    theta[:, 1, 2] = (2 * top + bh) / h - 1
-    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    wy = _interp_matrix(top, bh, size, h)
+    wx = _interp_matrix(left, bw, size, w, flips)
+    t = torch.bmm(x.reshape(b, c * h, w), wx.transpose(1, 2))  # columns: [B, C*H, S]
+    t = t.view(b, c, h, size).transpose(2, 3).reshape(b, c * size, h)  # [B, C*S, H]
+    return torch.bmm(t, wy.transpose(1, 2)).view(b, c, size, size).transpose(2, 3)  # rows: [B, C, S, S]
 
 
 def resize_center_crop(x: Tensor, size: int) -> Tensor:

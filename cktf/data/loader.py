@@ -1,8 +1,10 @@
 """Device-resident batch loader (spec section 4, "Data"; section 2 for ``contrast_idx``).
 
 The whole split is one uint8 NHWC tensor on the training device (GPU-resident under CUDA, as in
-airbench); each batch is a gather of rows followed by the batched augmentation of
-:mod:`cktf.data.augment`. No DataLoader workers, no per-sample Python, no PIL.
+airbench) when it takes at most half of the GPU's free memory (:func:`fits_on_device`; CIFAR-100 is 154 MB,
+STL-10's 100k unlabeled images 2.8 GB), else it stays in host memory and each batch's rows are copied over;
+each batch is a gather of rows followed by the batched augmentation of :mod:`cktf.data.augment`, on the
+training device. No DataLoader workers, no per-sample Python, no PIL.
 
 Batches are dicts (keys of :mod:`cktf.data._base`): ``image`` float32 [B, 3, S, S] normalised,
 ``target`` int64 [B], ``index`` int64 [B] (row in the split) and, for a train loader with a
@@ -12,6 +14,7 @@ augmentation from a generator seeded with ``(seed, e)`` only, so a resumed run r
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator
 
@@ -26,6 +29,17 @@ from .spec import DatasetSpec
 
 #: zero padding of RandomCrop (CIFAR recipe)
 CROP_PADDING = 4
+#: a split is moved to the GPU when it takes at most this share of the free GPU memory
+RESIDENT_SHARE = 0.5
+
+log = logging.getLogger("cktf")
+
+
+def fits_on_device(nbytes: int, free_bytes: int, share: float = RESIDENT_SHARE) -> bool:
+    """Whether a split of ``nbytes`` should live on the GPU: at most ``share`` of its free memory, the rest being
+    left to activations, memory banks and the trials sharing the GPU (a fractional trial sees the whole GPU's free
+    memory, so half is the conservative rule)."""
+    return nbytes <= share * free_bytes
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -78,7 +92,16 @@ class BatchLoader:
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             images = torch.from_numpy(arr)  # [N, H, W, 3] uint8
         if self.device.type == "cuda":
-            images = images.to(self.device)
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if fits_on_device(images.numel(), free):
+                images = images.to(self.device)
+            else:
+                log.info(
+                    "split of %.1f GB kept in host memory (%.1f GB free on %s): rows are copied per batch",
+                    images.numel() / 1e9,
+                    free / 1e9,
+                    self.device,
+                )
         self.images = images
         self.targets = torch.from_numpy(np.asarray(ds.targets, dtype=np.int64).copy()).to(self.device)
         self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device)
@@ -107,14 +130,20 @@ class BatchLoader:
             order = torch.randperm(self.n, generator=gen, device=gen.device).to(self.device)
         else:
             order = torch.arange(self.n, device=self.device)
+        # host-resident images: the epoch's order crosses to the host once, not once per batch
+        rows = order.to(self.images.device) if self.images.device != self.device else order
         for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.batch(idx, gen)
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            yield self.batch(order[sl], gen, rows=rows[sl])
 
-    def batch(self, idx: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """The batch of rows ``idx`` (augmented when ``train``), as yielded by iteration."""
+    def batch(
+        self, idx: Tensor, generator: torch.Generator | None = None, rows: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The batch of rows ``idx`` (augmented when ``train``), as yielded by iteration; ``rows`` is ``idx`` on the
+        images' device when that differs (host-resident splits)."""
         idx = idx.to(self.device)
-        x = self.images.index_select(0, idx.to(self.images.device)).to(self.device, non_blocking=True)
+        rows = idx.to(self.images.device) if rows is None else rows
+        x = self.images.index_select(0, rows).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory
         x = self.transform(x, generator)
         x = normalize(x, self.mean, self.std)
