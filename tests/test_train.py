@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -10,6 +11,7 @@ import torch
 
 from cktf.data import DataConfig, load_splits
 from cktf.errors import ConfigError
+from cktf.models import create_model
 from cktf.train import NonFiniteLossError, OptimConfig, RunConfig, TrainConfig, fit, load_model, prepare_run, train
 from cktf.train.engine import evaluate
 
@@ -153,3 +155,30 @@ def test_train_wrapper_validates_before_loading(tmp_path):
     with pytest.raises(DataNotFoundError):
         train(cfg)
     assert not (tmp_path / "o" / "last.pt").exists()
+
+
+def test_compile_models_gives_the_same_losses_and_bad_backends_are_named():
+    from cktf.distillers import DistillContext, build_distiller
+
+    torch.manual_seed(0)
+    ctx = DistillContext(num_classes=10, num_train_samples=64, image_size=32)
+    d = build_distiller("cktf", create_model("resnet8", 10), create_model("resnet14", 10), {"nce_k": 16}, ctx)
+    gen = torch.Generator().manual_seed(1)
+    batch = {
+        "image": torch.randn(8, 3, 32, 32, generator=gen),
+        "target": torch.randint(0, 10, (8,), generator=gen),
+        "index": torch.arange(8),
+        "contrast_idx": torch.randint(8, 64, (8, 17), generator=gen),
+    }
+    batch["contrast_idx"][:, 0] = batch["index"]
+    twin = copy.deepcopy(d)
+    ref = twin(batch).losses
+    d.compile_models("eager")  # dynamo traces the forwards; the eager backend runs them without codegen
+    assert set(d._forwards) == {"student", "teacher"}
+    out = d(batch).losses
+    assert out.keys() == ref.keys()
+    for key in ref:
+        torch.testing.assert_close(out[key], ref[key])
+    assert type(copy.deepcopy(d.student)) is type(d.student)  # the module itself is not wrapped
+    with pytest.raises(ConfigError, match="train.compile"):
+        TrainConfig(compile="no-such-backend").validate()

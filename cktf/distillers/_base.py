@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -198,21 +199,36 @@ class Distiller(nn.Module):
         self.name = name
         self.requires = frozenset().union(*(type(t).requires for t in terms.values()))
         self.needs_features = any(type(t).needs_features for t in terms.values())
+        self._forwards: dict[str, Callable[[Tensor], DistillOutput]] = {}  # compiled model forwards, if any
         if self.teacher is not None:
             self.teacher.eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
 
     # ---------------------------------------------------------------- step
+    def compile_models(self, backend: str = "inductor") -> None:
+        """``torch.compile`` the student's and teacher's forward passes (the loss terms stay eager: their memory
+        banks are updated in place and CKTF's stage choice is data dependent). The modules themselves are not
+        wrapped, so state dicts, checkpoints and ``copy.deepcopy(student)`` are unchanged."""
+        for role in ("student", "teacher"):
+            model = getattr(self, role)
+            if model is not None:
+                fn = model.forward_distill if self.needs_features else partial(_logits_only, model)
+                self._forwards[role] = torch.compile(fn, backend=backend)
+
+    def _run(self, role: str, image: Tensor) -> DistillOutput:
+        if role in self._forwards:
+            return self._forwards[role](image)
+        model = getattr(self, role)
+        return model.forward_distill(image) if self.needs_features else _logits_only(model, image)
+
     def forward(self, batch: Mapping[str, Tensor]) -> StepOutput:
         image = batch["image"]
-        s_out = self.student.forward_distill(image) if self.needs_features else _logits_only(self.student, image)
+        s_out = self._run("student", image)
         t_out = None
         if self.teacher is not None:
             with torch.no_grad():
-                t_out = (
-                    self.teacher.forward_distill(image) if self.needs_features else _logits_only(self.teacher, image)
-                )
+                t_out = self._run("teacher", image)
         losses: dict[str, Tensor] = {}
         if self.gamma > 0:
             losses["ce"] = self.gamma * F.cross_entropy(s_out.logits, batch["target"])

@@ -51,6 +51,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
     bf16: bool = False  # bf16 autocast on GPU; contrastive blocks always run in fp32
     channels_last: bool = False
+    compile: str = ""  # torch.compile backend for the model forwards (e.g. inductor); "" = eager
     eval_test: bool = True  # test accuracy every epoch (reported as the paper does, never used for selection)
     max_steps_per_epoch: int = 0  # 0 = the whole split; > 0 caps steps (smoke tests)
     progress: bool = True  # tqdm bars for epochs and batches
@@ -66,6 +67,16 @@ class TrainConfig:
             raise ConfigError("train.device", f"unknown device {self.device!r}", "use auto, cpu or cuda[:N]")
         if self.max_steps_per_epoch < 0:
             raise ConfigError("train.max_steps_per_epoch", "must be >= 0")
+        if self.compile:
+            import torch._dynamo
+
+            backends = torch._dynamo.list_backends()
+            if self.compile not in backends:
+                raise ConfigError(
+                    "train.compile",
+                    f"unknown torch.compile backend {self.compile!r}",
+                    f"use one of {', '.join(backends)}",
+                )
 
 
 @dataclass

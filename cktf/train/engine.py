@@ -47,6 +47,18 @@ def _check_finite(sums: Mapping[str, Tensor], where: str) -> dict[str, float]:
     return values
 
 
+def train_step(distiller: Distiller, optimizer: torch.optim.Optimizer, batch, device: torch.device, bf16: bool = False):
+    """One optimiser step on ``batch`` (forward under optional bf16 autocast, summed loss terms, backward, step);
+    returns the distiller's :class:`~cktf.distillers.StepOutput`."""
+    with autocast(device, bf16):
+        out = distiller(batch)
+    loss = sum(out.losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return out
+
+
 def train_one_epoch(
     distiller: Distiller,
     loader,
@@ -69,12 +81,7 @@ def train_one_epoch(
     for step, batch in enumerate(bar):
         if step >= total:
             break
-        with autocast(device, bf16):
-            out = distiller(batch)
-        loss = sum(out.losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        out = train_step(distiller, optimizer, batch, device, bf16)
         n = batch["image"].shape[0]
         seen += n
         for k, v in out.losses.items():

@@ -31,7 +31,15 @@ from .engine import autocast, evaluate, train_one_epoch
 log = logging.getLogger("cktf")
 
 #: config fields that may change when a run is resumed (everything else must match)
-RESUMABLE_CHANGES = {"train.epochs", "train.progress", "train.device", "resume", "out_dir", "teacher_checkpoint"}
+RESUMABLE_CHANGES = {
+    "train.epochs",
+    "train.progress",
+    "train.device",
+    "train.compile",
+    "resume",
+    "out_dir",
+    "teacher_checkpoint",
+}
 
 
 @dataclass
@@ -158,6 +166,8 @@ def prepare_run(
         )
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     distiller.to(device=device, memory_format=memory_format)
+    if cfg.train.compile:
+        distiller.compile_models(cfg.train.compile)
     return Prepared(cfg, splits, distiller, device)
 
 
