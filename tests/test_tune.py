@@ -351,3 +351,21 @@ def test_grid_sampler_runs_every_ablation_arm_once():
         seen.append((cfg["mapping"], cfg["train.seed"]))
         s.on_trial_complete(f"t{i}", {"val_acc": 1.0, "training_iteration": 1})
     assert sorted(seen) == sorted((m, k) for m in ("first", "last", "min_cos") for k in (0, 1))
+
+
+def test_checkpoint_snapshot_links_replaced_files_and_copies_appended_ones(tmp_path):
+    from cktf.tune.trainable import snapshot_file
+
+    run, snap = tmp_path / "run", tmp_path / "snap"
+    run.mkdir(), snap.mkdir()
+    (run / "last.pt").write_bytes(b"banks v1")
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    for name in ("last.pt", "metrics.jsonl"):
+        snapshot_file(run / name, snap / name)
+    assert (snap / "last.pt").stat().st_ino == (run / "last.pt").stat().st_ino  # no copy of the large file
+    assert (snap / "metrics.jsonl").stat().st_ino != (run / "metrics.jsonl").stat().st_ino
+    with open(run / "metrics.jsonl", "a") as f:  # the trainer appends next epoch's line ...
+        f.write('{"epoch": 1}\n')
+    (run / "last.pt.tmp").write_bytes(b"banks v2")
+    (run / "last.pt.tmp").replace(run / "last.pt")  # ... and replaces last.pt whole
+    assert (snap / "metrics.jsonl").read_text() == '{"epoch": 0}\n' and (snap / "last.pt").read_bytes() == b"banks v1"

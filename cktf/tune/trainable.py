@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,6 +34,20 @@ log = logging.getLogger("cktf")
 
 #: files of a run directory that make up a trial checkpoint
 CHECKPOINT_FILES = ("last.pt", "model_best.safetensors", "model_last.safetensors", "metrics.jsonl", "config.json")
+#: those only ever replaced whole (``os.replace``), so a hard link is a faithful snapshot; the others are appended to
+REPLACED_WHOLE = frozenset({"last.pt", "model_best.safetensors", "model_last.safetensors"})
+
+
+def snapshot_file(src: Path, dst: Path) -> None:
+    """``dst`` = ``src`` as of now: a hard link for files written only by atomic replace (no copy of a multi-100 MB
+    ``last.pt`` holding CKTF's memory banks on every epoch), else a copy."""
+    if src.name in REPLACED_WHOLE:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another filesystem, or no hard links there
+            pass
+    shutil.copy2(src, dst)
 
 
 def already_ended(study_dir: Path, trial_id: str) -> dict[str, Any] | None:
@@ -111,7 +126,7 @@ class TuneReporter(Callback):
             for name in CHECKPOINT_FILES:
                 src = self.out_dir / name
                 if src.exists():
-                    shutil.copy2(src, Path(tmp) / name)
+                    snapshot_file(src, Path(tmp) / name)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
