@@ -302,3 +302,42 @@ def test_readme_lists_every_study() -> None:
     text = (STUDIES / "README.md").read_text()
     for path in TABLE1_FILES + ABLATION_FILES:
         assert f"`{_rel(path)}`" in text
+
+
+# ----------------------------------------------------------------------------- transfer (Section 3.2)
+PAPER_TRANSFER = {
+    "vgg19_vgg19": ("vgg19", "vgg19"),
+    "vgg19_vgg8": ("vgg19", "vgg8"),
+    "resnet18_resnet18": ("resnet18",) * 2,
+}
+
+
+@pytest.mark.parametrize("pair", sorted(PAPER_TRANSFER))
+def test_paper_transfer_studies_use_the_official_settings(pair: str) -> None:
+    """Tiny-ImageNet -> STL-10 (run_transfer_from_tinyimagenet_to_stl10.sh): unlabeled 100k, CE off, the official
+    CKTF weights as trial 0, the official 240-epoch probe on STL-10's labeled train split, selection on the probe."""
+    import torch
+
+    from cktf.distillers import DistillContext, build_distiller
+    from cktf.models import create_model
+
+    cfg = load_study(STUDIES / "transfer" / f"tiny_to_stl10_{pair}.yaml")
+    teacher, student = PAPER_TRANSFER[pair]
+    assert (cfg.teacher.arch, cfg.student, cfg.distiller) == (teacher, student, "cktf")
+    assert cfg.data.dataset == "stl10_unlabeled" and cfg.params["gamma"] == 0
+    assert cfg.teacher.data.dataset == "tiny_imagenet"
+    assert cfg.search.baseline == {"alpha1": 0.04, "alpha2": 1.0, "tau": 0.07, "nce_k": 16384}  # --theta 0.04 -b 1
+    assert cfg.probe.data.dataset == "stl10" and cfg.search.metric == "probe_val_acc"
+    recipe = cfg.probe.recipe
+    assert (recipe.epochs, recipe.lr, recipe.batch_size, recipe.milestones, recipe.augment) == (
+        240,
+        0.05,
+        64,
+        (150, 180, 210),
+        True,
+    )
+    torch.manual_seed(0)  # the pair runs CKTF at 64x64 with a 200-way (Tiny-ImageNet) head
+    ctx = DistillContext(num_classes=200, num_train_samples=64, image_size=64)
+    params = {"nce_k": 16, "feat_dim": 16, "gamma": 0}
+    distiller = build_distiller("cktf", create_model(student, 200), create_model(teacher, 200), params, ctx)
+    assert distiller.gamma == 0 and distiller.terms["cktf"].tau == 0.07
