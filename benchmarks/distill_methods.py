@@ -29,6 +29,7 @@ from cktf.data import BatchLoader, ContrastConfig, DataConfig, load_splits
 from cktf.distillers import DISTILLERS, DistillContext, build_distiller, objective_names, split_name
 from cktf.models import create_model
 from cktf.train import OptimConfig, RunConfig, TrainConfig, fit, prepare_run
+from cktf.train.engine import train_step
 
 
 def method_params(name: str, nce_k: int, init_epochs: int) -> dict:
@@ -94,10 +95,7 @@ def time_steps(args, splits, names: list[str]) -> None:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                loss = sum(d(batch).losses.values())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                train_step(d, opt, batch, device)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 if step >= args.warmup:
