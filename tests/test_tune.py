@@ -369,3 +369,31 @@ def test_checkpoint_snapshot_links_replaced_files_and_copies_appended_ones(tmp_p
     (run / "last.pt.tmp").write_bytes(b"banks v2")
     (run / "last.pt.tmp").replace(run / "last.pt")  # ... and replaces last.pt whole
     assert (snap / "metrics.jsonl").read_text() == '{"epoch": 0}\n' and (snap / "last.pt").read_bytes() == b"banks v1"
+
+
+def test_ablation_table_compares_each_choice_over_its_finished_trials():
+    from cktf.tune.index import FINISHED, PRUNED
+    from cktf.tune.report import ablation_tables, to_markdown
+
+    def row(mapping, seed, status, val, test):
+        cfg = {"mapping": mapping, "train.seed": seed}
+        return {"config": cfg, "status": status, "best_val_acc": val, "test_acc_at_best_val": test}
+
+    rows = [
+        row("last", 0, FINISHED, 70.0, 69.0),
+        row("last", 1, FINISHED, 72.0, 71.5),
+        row("min_cos", 0, FINISHED, 71.0, 70.0),
+        row("min_cos", 1, PRUNED, 75.0, 74.0),  # stopped early: not compared
+        row("first", 0, PRUNED, 60.0, 59.0),
+    ]
+    space = {"mapping": {"type": "categorical", "choices": ["first", "last", "min_cos"]}, "alpha1": {"type": "log"}}
+    tables = ablation_tables(rows, space)
+    assert list(tables) == ["mapping"]  # one table per categorical parameter
+    by = {t["choice"]: t for t in tables["mapping"]}
+    assert (by["last"]["trials"], by["last"]["finished"], by["last"]["best"], by["last"]["mean"]) == (2, 2, 72.0, 71.0)
+    assert by["last"]["test_at_best"] == 71.5
+    assert (by["min_cos"]["finished"], by["min_cos"]["best"]) == (1, 71.0)
+    assert by["first"]["best"] is None and by["first"]["trials"] == 1
+    summary = {"study": "s", "status": "complete", "counts": {}, "metric": "val_acc", "best": None, "baseline": None}
+    summary.update(gain_over_baseline=None, anchor=None, ablations=tables, top=[])
+    assert "| last | 2 | 2 | 72 | 71 | 71.5 |" in to_markdown(summary)
