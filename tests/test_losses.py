@@ -319,10 +319,10 @@ def _run_steps(memory: ContrastMemory, steps, scoring: str):
 )
 def test_cheaper_scorings_equal_the_official_gather(monkeypatch, scoring: str, dense: bool | None) -> None:
     """Same loss, anchor gradients and bank updates as the official op order, over two steps and one backward."""
-    import cktf.losses.contrastive as contrastive
+    import cktf.losses.nce_fused as nce_fused
 
     if dense is not None:  # force the fused path's scoring branch (auto picks by size)
-        monkeypatch.setattr(contrastive, "dense_is_cheaper", lambda *_: dense)
+        monkeypatch.setattr(nce_fused, "dense_is_cheaper", lambda *_: dense)
     gen = torch.Generator().manual_seed(6)
     n_data, d, k, bsz = 300, 32, 128, 16
     naive = ContrastMemory(d, n_data, generator=gen, chunk_elems=5 * (k + 1) * d)  # 4 chunks of <= 5 rows

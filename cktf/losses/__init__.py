@@ -6,7 +6,7 @@ cites its paper and the RepDistiller / CKTF file it copies; golden values in ``t
 running those official files.
 """
 
-from .contrastive import SCORINGS, ContrastMemory, crd_pair_loss, dense_is_cheaper, fused_nce, nce_loss
+from .contrastive import SCORINGS, ContrastMemory, crd_pair_loss, nce_loss
 from .feature import (
     ab_boundary_loss,
     ab_loss,
@@ -23,6 +23,7 @@ from .feature import (
     vid_loss,
 )
 from .heads import Embed, MLPEmbed, PadEmbed, l2_normalize
+from .nce_fused import dense_is_cheaper, fused_nce
 from .relational import cc_loss, pkt_loss, rkd_loss, rkd_pdist, sp_loss
 from .stage_pairs import MAPPINGS, pad_channels, select_stage_pair, whole_tensor_cosine
 
