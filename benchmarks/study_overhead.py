@@ -10,8 +10,12 @@ Printed side by side:
 * wall time of ``ray.init`` and of the study, the trials' summed training time (train + eval epochs, from
   the trial index), their summed process time (Tune's ``time_total_s``), and the ideal wall time
   ``sum(training) / c``; ``overhead`` = study wall / ideal;
-* per trial: start-up (process, imports, object-store reads, model build) and per-epoch reporting
-  (checkpoint copy, ``tune.report``, MLflow) = ``time_total_s`` - training, and the checkpoint size;
+* per trial, from Tune's per-report ``time_this_iter_s`` minus the epoch's own train + eval time: start-up
+  (worker process, imports, object-store reads, model build: the first report's excess) and per-epoch
+  checkpointing + reporting (``last.pt`` with the memory banks, ``tune.report``: the later reports' excess), and
+  the checkpoint size;
+* on the driver: decoding/loading the data, ``ray.put`` of the dataset, loading the teacher, and the MLflow
+  callback's own time (every ``on_trial_*`` hook, timed in place);
 * node memory, sampled every 0.1 s while the study runs: the object store's shared memory (``Shmem`` of
   ``/proc/meminfo``, above the value before the study), and over the trial processes at their peak
   concurrency: summed private memory (``Private_*``), summed ``Pss`` (shared pages split among the processes
@@ -131,28 +135,62 @@ def study_dict(args, tmp: Path, concurrency: int, teacher: Path) -> dict:
     }
 
 
+class Timers:
+    """Cumulative wall time of named callables, patched in place for one study."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._undo: list = []
+
+    def wrap(self, owner, attr: str, label: str) -> None:
+        original = getattr(owner, attr)
+
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **kw)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, attr, timed)
+        self._undo.append((owner, attr, original))
+
+    def restore(self) -> None:
+        for owner, attr, original in reversed(self._undo):
+            setattr(owner, attr, original)
+
+
 def one_study(args, tmp: Path, concurrency: int, teacher: Path) -> dict:
     import ray
     from ray.tune import ExperimentAnalysis
 
-    from cktf.tune.driver import experiment_path, run_study
+    import cktf.data
+    import cktf.tune.driver as driver
+    from cktf.tune.lineage import MLflowStudyCallback
     from cktf.tune.study import study_from_dict
 
     cfg = study_from_dict(study_dict(args, tmp, concurrency, teacher))
     t0 = time.perf_counter()
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     t_ray = time.perf_counter() - t0
+    timers = Timers()
+    timers.wrap(cktf.data, "load_splits", "load data")
+    timers.wrap(ray, "put", "ray.put")
+    timers.wrap(driver, "obtain_teacher", "teacher")
+    for hook in [h for h in vars(MLflowStudyCallback) if h.startswith("on_")]:
+        timers.wrap(MLflowStudyCallback, hook, "mlflow callback")
     try:
         with NodeMemory() as mem:
             t0 = time.perf_counter()
-            outcome = run_study(cfg, progress=False)
+            outcome = driver.run_study(cfg, progress=False)
             wall = time.perf_counter() - t0
     finally:
+        timers.restore()
         ray.shutdown()
     recs = [json.loads(p.read_text()) for p in (cfg.study_dir / "trials").glob("*.json")]
     training = [sum(h.get("epoch_time_s", 0) + h.get("eval_time_s", 0) for h in r["history"]) for r in recs]
-    analysis = ExperimentAnalysis(experiment_path(cfg))
-    totals = [float(df["time_total_s"].iloc[-1]) for df in analysis.trial_dataframes.values() if len(df)]
+    frames = [df for df in ExperimentAnalysis(driver.experiment_path(cfg)).trial_dataframes.values() if len(df)]
+    excess = [(df["time_this_iter_s"] - df["epoch_time_s"] - df["eval_time_s"]).tolist() for df in frames]
     ckpt = max((p.stat().st_size for p in (tmp / "ray").rglob("last.pt")), default=0)
     data_bytes = 50_000 * 32 * 32 * 3
     return {
@@ -162,9 +200,11 @@ def one_study(args, tmp: Path, concurrency: int, teacher: Path) -> dict:
         "ray_init_s": t_ray,
         "wall_s": wall,
         "train_sum_s": sum(training),
-        "process_sum_s": sum(totals),
+        "process_sum_s": sum(float(df["time_total_s"].iloc[-1]) for df in frames),
         "ideal_s": sum(training) / concurrency,
-        "per_trial_overhead_s": (sum(totals) - sum(training)) / max(len(totals), 1),
+        "startup_s": sum(e[0] for e in excess) / max(len(excess), 1),
+        "report_s": sum(sum(e[1:]) for e in excess) / max(sum(len(e) - 1 for e in excess), 1),
+        "driver_s": dict(timers.seconds),
         "ckpt_MiB": ckpt / MIB,
         "shmem_MiB": (mem.shmem_peak - mem.shmem0) / MIB,
         "data_MiB": data_bytes / MIB,
