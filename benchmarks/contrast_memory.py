@@ -11,7 +11,7 @@ every configuration then runs in a fresh subprocess so its peak memory is its ow
 * CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the step.
 
 Scoring paths (``cktf.losses.SCORINGS``, all the same loss and gradients up to fp32 rounding; tested):
-``gather`` = the official op order (old), ``low_memory`` and ``dense`` = the earlier exact alternatives (old),
+``gather`` = the official op order (the reference path),
 ``fused`` = the closed-form NCE gradient in one pass (new, the default).
 
     .venv/bin/python benchmarks/contrast_memory.py                 # CPU here; --device cuda on a GPU
@@ -166,7 +166,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--n-data", type=int, default=50_000, help="bank rows (CIFAR-100: 50,000)")
     p.add_argument("--ks", default="4096,16384", help="negatives N (nce_k)")
-    p.add_argument("--scorings", default="gather,low_memory,dense,fused")
+    p.add_argument("--scorings", default="gather,fused")
     p.add_argument("--steps", type=int, default=3, help="timed steps after the measured first one")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--one", nargs=4, metavar=("METHOD", "SCORING", "K", "FEATURES"), help=argparse.SUPPRESS)

@@ -1,4 +1,4 @@
-"""Throughput of cktf's tensor data pipeline vs torchvision's per-sample PIL pipeline (spec section 4, "Data").
+"""Throughput of cktf's tensor data pipeline vs torchvision's per-sample PIL pipeline (docs/algorithm.md §6).
 
 Measures, in one run, images/s of:
 
@@ -11,7 +11,7 @@ Measures, in one run, images/s of:
 * the cache: time to load a decoded split (and, with ``--cold``, the first decode into a fresh cache);
 * contrastive negatives: ms per batch of ``contrast_idx`` at B=64, K=16384, N=50,000.
 
-Usage: ``.venv/bin/python benchmarks/data_pipeline.py [--root ../shared/data] [--seconds 2.5] [--cold]``.
+Usage: ``.venv/bin/python benchmarks/data_pipeline.py [--root DATA_ROOT] [--seconds 2.5] [--cold]``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cktf.data import DATASETS, BatchLoader, ContrastConfig, ContrastSampler, prepare  # noqa: E402
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_ROOT = Path(os.environ.get("CKTF_DATA_ROOT", "data"))  # a folder holding cifar10-jpeg/
 
 
 class PILDataset(torch.utils.data.Dataset):

@@ -15,7 +15,7 @@ c. one CIFAR-100-sized epoch (50k images, 782 steps) with this framework's best 
 
 Data: the 50k CIFAR-10 train jpegs (CIFAR-100 has the same size and shape; ``--root``).
 
-    .venv/bin/python benchmarks/gpu_throughput.py --root ../shared/data              # on a GPU machine
+    .venv/bin/python benchmarks/gpu_throughput.py --root DATA_ROOT                   # on a GPU machine
     .venv/bin/python benchmarks/gpu_throughput.py --device cpu --steps 2 --parts a --student resnet8 --teacher resnet14
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -199,7 +200,7 @@ def data_config(args) -> DataConfig:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument("--root", default=os.environ.get("CKTF_DATA_ROOT", "data"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--student", default="resnet8x4")
     p.add_argument("--teacher", default="resnet32x4")

@@ -22,7 +22,7 @@ Printed side by side:
   sharing them, so the dataset counts once) and summed ``Rss`` (the dataset counts once per trial). The
   target is the dataset held once per node: shared memory ~ one dataset, private memory free of it.
 
-    .venv/bin/python benchmarks/study_overhead.py --root ../shared/data            # c = 1, 2, 4 (~10 min)
+    .venv/bin/python benchmarks/study_overhead.py --root DATA_ROOT                 # c = 1, 2, 4 (~10 min)
     .venv/bin/python benchmarks/study_overhead.py --concurrency 2 --trials 2       # one quick point
 """
 
@@ -164,25 +164,27 @@ def one_study(args, tmp: Path, concurrency: int, teacher: Path) -> dict:
     import ray
     from ray.tune import ExperimentAnalysis
 
-    import cktf.data
-    import cktf.tune.driver as driver
-    from cktf.tune.lineage import MLflowStudyCallback
-    from cktf.tune.study import study_from_dict
+    import cktf.tune.run.driver as driver
+    import cktf.tune.run.teacher as teacher_stage
+    from cktf.tune.plan import plan_study, study_from_dict
+    from cktf.tune.results.lineage import MLflowStudyCallback
 
     cfg = study_from_dict(study_dict(args, tmp, concurrency, teacher))
+    t0 = time.perf_counter()
+    plan = plan_study(cfg, progress=False)  # decode (cached) + every check against the data
+    t_plan = time.perf_counter() - t0
     t0 = time.perf_counter()
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     t_ray = time.perf_counter() - t0
     timers = Timers()
-    timers.wrap(cktf.data, "load_splits", "load data")
     timers.wrap(ray, "put", "ray.put")
-    timers.wrap(driver, "obtain_teacher", "teacher")
+    timers.wrap(teacher_stage, "obtain_teacher", "teacher")
     for hook in [h for h in vars(MLflowStudyCallback) if h.startswith("on_")]:
         timers.wrap(MLflowStudyCallback, hook, "mlflow callback")
     try:
         with NodeMemory() as mem:
             t0 = time.perf_counter()
-            outcome = driver.run_study(cfg, progress=False)
+            outcome = driver.run_study(plan, progress=False)
             wall = time.perf_counter() - t0
     finally:
         timers.restore()
@@ -204,7 +206,7 @@ def one_study(args, tmp: Path, concurrency: int, teacher: Path) -> dict:
         "ideal_s": sum(training) / concurrency,
         "startup_s": sum(e[0] for e in excess) / max(len(excess), 1),
         "report_s": sum(sum(e[1:]) for e in excess) / max(sum(len(e) - 1 for e in excess), 1),
-        "driver_s": dict(timers.seconds),
+        "driver_s": {"plan (load data, checks)": t_plan, **timers.seconds},
         "ckpt_MiB": ckpt / MIB,
         "shmem_MiB": (mem.shmem_peak - mem.shmem0) / MIB,
         "data_MiB": data_bytes / MIB,
@@ -217,7 +219,7 @@ def one_study(args, tmp: Path, concurrency: int, teacher: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    p.add_argument("--root", type=Path, default=Path(os.environ.get("CKTF_DATA_ROOT", "data")))
     p.add_argument("--concurrency", default="1,2,4")
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--epochs", type=int, default=2)

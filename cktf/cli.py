@@ -7,7 +7,6 @@ field and the fix, and exits with code 2 before any training starts.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -16,53 +15,39 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .config import parse_assignments
 from .errors import CKTFError
 from .registry import UnknownNameError
 
 EXIT_USAGE = 2
 
-# ----------------------------------------------------------------------------- dataclass <-> argparse
+# ----------------------------------------------------------------------------- config <-> argparse
 
 
-def _add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str, skip: Sequence[str] = ()) -> None:
-    """One ``--flag`` per dataclass field (``data.root`` -> ``--data-root``), defaults taken from the dataclass."""
+def _add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str, skip: Sequence[str] = ()) -> None:
+    """One ``--flag`` per config field (``data.root`` -> ``--data-root``), defaults and help from the model."""
     group = parser.add_argument_group(cls.__name__)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
+    for name, field in cls.model_fields.items():
+        if name in skip:
             continue
-        flag = "--" + (prefix + f.name).replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        dest = f"{cls.__name__}.{f.name}"
-        help_ = f"(default: {default})"
-        kind = str(f.type).split("|")[0].strip()  # "int | None" -> "int" (annotations are strings here)
-        if isinstance(default, bool) or kind == "bool":
+        flag = "--" + (prefix + name).replace("_", "-")
+        default = field.get_default(call_default_factory=True)
+        dest = f"{cls.__name__}.{name}"
+        help_ = f"{field.description or ''} (default: {default})".strip()
+        kind = str(field.annotation)
+        if isinstance(default, bool) or kind in ("bool", "<class 'bool'>"):
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif isinstance(default, tuple):
             group.add_argument(flag, dest=dest, type=int, nargs="*", default=None, help=help_)
         else:
-            typ = {"int": int, "float": float}.get(kind, type(default) if default is not None else str)
-            group.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
+            group.add_argument(flag, dest=dest, default=None, help=help_)  # strings: the model converts and checks
 
 
-def _dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
-    values = {f.name: getattr(args, f"{cls.__name__}.{f.name}", None) for f in dataclasses.fields(cls)}
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if v is not None}
+def _config_from_args(cls: type, args: argparse.Namespace, where: str, **fixed: Any) -> Any:
+    values = {name: getattr(args, f"{cls.__name__}.{name}", None) for name in cls.model_fields}
+    values = {k: v for k, v in values.items() if v is not None}
     values.update({k: v for k, v in fixed.items() if v is not None})
-    return cls(**values)
-
-
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """``--set alpha=0.9 --set temperature=4`` -> dict (values parsed as JSON when possible)."""
-    out: dict[str, Any] = {}
-    for item in items or ():
-        if "=" not in item:
-            raise CKTFError(f"--set {item!r}: expected KEY=VALUE, e.g. --set alpha=0.9")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+    return cls.parse(values, where)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -84,27 +69,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_distillers(args: argparse.Namespace) -> int:
     import fnmatch
 
-    from .distillers import DISTILLERS, objective_names, split_name
+    from .distillers import LOSS_TERMS, objective, objective_names
 
-    print(f"{'distiller':<14} {'teacher':<7} {'needs':<22} summary")
+    print(f"{'distiller':<14} {'teacher':<7} {'negatives':<9} summary")
     for name in (n for n in objective_names() if fnmatch.fnmatch(n, args.filter)):
-        primary, secondary = split_name(name)
-        classes = [DISTILLERS.get(n) for n in (primary, secondary) if n]
-        needs = ",".join(sorted(set().union(*(c.requires for c in classes)))) or "-"
-        teacher = "yes" if any(c.needs_teacher for c in classes) else "no"
-        if secondary is None:
-            summary = DISTILLERS.meta(primary).get("summary", "") + (
-                f" (preset of {primary})" if name != primary else ""
-            )
+        obj = objective(name)
+        teacher = "yes" if obj.needs_teacher else "no"
+        negatives = "yes" if obj.parse({}).negatives() is not None else "-"
+        if obj.secondary is None:
+            summary = LOSS_TERMS.meta(obj.primary_name).get("summary", "")
+            summary += f" (preset of {obj.primary_name})" if name != obj.primary_name else ""
         else:
-            summary = f"Eq. 1: gamma*CE + {primary} + theta*{secondary} (fields: {secondary}.<field>, theta)"
-        print(f"{name:<14} {teacher:<7} {needs:<22} {summary}")
-        if args.fields and secondary is None:
-            from .distillers.compose import resolve_preset
-
-            preset = resolve_preset(name, {})[1]  # a preset's own values (cktf-paper: alpha1 0.8, alpha2 0.2)
-            for f in dataclasses.fields(classes[0].config_cls):
-                print(f"{'':<16}{f.name} = {preset.get(f.name, f.default)}")
+            second = obj.secondary_name
+            summary = f"Eq. 1: gamma*CE + {obj.primary_name} + theta*{second} (fields: {second}.<field>, theta)"
+        print(f"{name:<14} {teacher:<7} {negatives:<9} {summary}")
+        if args.fields and obj.secondary is None:
+            for field, value in obj.fields().items():  # a preset's own values (cktf-paper: alpha1 0.8, alpha2 0.2)
+                print(f"{'':<16}{field} = {value}")
     return 0
 
 
@@ -121,9 +102,9 @@ def _run_config(args: argparse.Namespace, distiller: str, params: dict[str, Any]
     from .data import DataConfig
     from .train import OptimConfig, RunConfig, TrainConfig
 
-    data = _dataclass_from_args(DataConfig, args, dataset=args.dataset)
-    optim = _dataclass_from_args(OptimConfig, args)
-    train = _dataclass_from_args(TrainConfig, args)
+    data = _config_from_args(DataConfig, args, "data", dataset=args.dataset)
+    optim = _config_from_args(OptimConfig, args, "optim")
+    train = _config_from_args(TrainConfig, args, "train", allow_long=args.i_mean_it or None)
     out_dir = args.out_dir or str(Path("runs") / f"{data.dataset}-{args.model}-{distiller}")
     return RunConfig(
         student=args.model,
@@ -152,11 +133,11 @@ def _train(cfg, args: argparse.Namespace) -> int:
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
-    return _train(_run_config(args, "ce", _parse_set(args.set), None), args)
+    return _train(_run_config(args, "ce", parse_assignments(args.set), None), args)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    return _train(_run_config(args, args.distiller, _parse_set(args.set), args.teacher_ckpt), args)
+    return _train(_run_config(args, args.distiller, parse_assignments(args.set), args.teacher_ckpt), args)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -176,8 +157,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     validate_names(teacher)
     t_sum = train(teacher, [MLflowCallback(teacher.out_dir, args.mlflow_uri, "cktf-quickstart")])
-    student = dataclasses.replace(
-        teacher,
+    student = teacher.replace(
         student="resnet8",
         distiller="kd",
         teacher_checkpoint=t_sum["weights_best"],
@@ -194,25 +174,29 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = _parse_set(getattr(args, "set", None) or [])
+    out: dict[str, Any] = parse_assignments(getattr(args, "set", None) or [])
     if getattr(args, "data_root", None):
         out["data.root"] = args.data_root
+    if getattr(args, "i_mean_it", False):
+        out["train.allow_long"] = True
     return out
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run or resume a study; exit 0 when complete, 3 when it ended early (resume it with --resume)."""
-    from .tune.driver import run_study
-    from .tune.study import load_study
+    from .tune.plan import load_study, plan_study
 
     cfg = load_study(args.study, _overrides(args))
-    outcome = run_study(cfg, resume=args.resume, progress=not args.quiet)
+    plan = plan_study(cfg, progress=not args.quiet)
+    from .tune.run import run_study
+
+    outcome = run_study(plan, resume=args.resume, progress=not args.quiet)
     counts = ", ".join(f"{k} {v}" for k, v in outcome.counts.items() if v)
     print(f"study {cfg.name}: {'complete' if outcome.complete else 'INCOMPLETE'} ({counts}) in {outcome.wall_s:.0f}s")
     if outcome.best:
         b = outcome.best
-        test = b.get("test_acc") or float("nan")
-        print(f"best trial {b['trial_id']}: val {b['best_val_acc']:.2f}%  test {test:.2f}%")
+        test = f", test {b.test:.2f}" if b.test is not None else ""
+        print(f"best trial {b.trial_id}: {outcome.metric} {b.score:.4g}{test} (epoch {b.epoch})")
     print(f"study dir: {outcome.study_dir}  (cktf report / cktf export {outcome.study_dir} --out student.safetensors)")
     if not outcome.complete:
         print(f"cktf: the study ended early; continue it with: cktf tune {args.study} --resume", file=sys.stderr)
@@ -221,23 +205,37 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .tune.export import export_best
+    from .tune.results.export import export_best
 
     info = export_best(args.study, args.out, onnx=args.onnx)
+    m, t = info["metric"], info["test_metric"]
+    test = f", {t['name']} {t['value']:.4g}" if t["value"] is not None else ""
     print(
         f"wrote {args.out} (+ {Path(args.out).with_suffix('.json').name}): {info['architecture']} from trial"
-        f" {info['trial']}, val {info['metric']['value']:.2f}%, test {info['test_acc'] or float('nan'):.2f}%"
+        f" {info['trial']}, {m['name']} {m['value']:.4g}{test}"
     )
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .tune.export import resolve_study_dir
-    from .tune.report import write_report
+    from .tune.results.report import write_report
 
-    out = write_report(resolve_study_dir(args.study), top_k=args.top_k)
+    out = write_report(args.study, top_k=args.top_k)
     print((out / "summary.md").read_text())
     print(f"report written to {out}/")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of a study file (editors: ``# yaml-language-server: $schema=...``)."""
+    if args.markdown:
+        from .tune.plan.reference import schema_markdown
+
+        print(schema_markdown(), end="")
+        return 0
+    from .tune.plan import study_json_schema
+
+    print(json.dumps(study_json_schema(), indent=2))
     return 0
 
 
@@ -260,9 +258,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from .train.runner import resolve_device
     from .transfer import ProbeConfig, linear_probe
 
-    data = _dataclass_from_args(DataConfig, args, dataset=args.dataset)
-    cfg = _dataclass_from_args(ProbeConfig, args)
-    cfg.validate()
+    data = _config_from_args(DataConfig, args, "data", dataset=args.dataset)
+    cfg = _config_from_args(ProbeConfig, args, "probe")
     model, meta = load_model(args.weights, "--weights")
     splits = load_splits(data, progress=not args.quiet)
     device = resolve_device(args.device)
@@ -301,9 +298,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="log to MLflow (e.g. sqlite:///mlflow.db)",
     )
     p.add_argument("--experiment", default="cktf", help="MLflow experiment name")
-    _add_dataclass_args(p, DataConfig, "data-", skip=("dataset",))
-    _add_dataclass_args(p, OptimConfig, "")
-    _add_dataclass_args(p, TrainConfig, "")
+    p.add_argument("--i-mean-it", action="store_true", help="accept more than train.MAX_EPOCHS epochs")
+    _add_config_args(p, DataConfig, "data-", skip=("dataset",))
+    _add_config_args(p, OptimConfig, "")
+    _add_config_args(p, TrainConfig, "", skip=("allow_long",))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,7 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="override data.root of the study file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study field (search.num_samples=4)")
     p.add_argument("--quiet", action="store_true", help="no Ray progress tables")
+    p.add_argument("--i-mean-it", action="store_true", help="accept more than train.MAX_EPOCHS epochs per trial")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of a study file (cktf schema > study.schema.json)")
+    p.add_argument("--markdown", action="store_true", help="the field reference table of docs/studies.md instead")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("export", help="write the best finished trial's student (.safetensors + .json)")
     p.add_argument("study", help="study directory, study YAML or study name")
@@ -373,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="write the per-epoch curve and summary as JSON")
     p.add_argument("--quiet", action="store_true")
-    _add_dataclass_args(p, DataConfig, "data-", skip=("dataset",))
-    _add_dataclass_args(p, ProbeConfig, "")
+    _add_config_args(p, DataConfig, "data-", skip=("dataset",))
+    _add_config_args(p, ProbeConfig, "")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("quickstart", help="offline demo: resnet20 teacher then a KD resnet8 student on CIFAR-10")

@@ -7,7 +7,7 @@ One instance each for models, datasets and distillers. Lookups of unknown names 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -68,3 +68,22 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def import_plugins(modules: Iterable[str], field: str = "plugins") -> None:
+    """Import each named module (a user's own methods, models or datasets register themselves on import).
+
+    Raises:
+        ConfigError: on ``field`` when a module cannot be imported, naming it and the import error.
+    """
+    import importlib
+
+    from .errors import ConfigError
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the module's own import errors, whatever they are, are the user's to see
+            raise ConfigError(
+                field, f"cannot import {name!r}: {type(exc).__name__}: {exc}", "put the module on PYTHONPATH"
+            ) from None

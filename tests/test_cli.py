@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cktf.cli import main
-from cktf.distillers import DISTILLERS
+from cktf.distillers import LOSS_TERMS
 from cktf.models import MODELS
 
 
@@ -57,7 +57,7 @@ def test_models_lists_the_whole_zoo(capsys):
 def test_distillers_lists_registry(capsys):
     code, out, _ = run_cli(capsys, "distillers", "--fields")
     assert code == 0
-    for name in DISTILLERS.names():
+    for name in LOSS_TERMS.names():
         assert name in out
     assert "temperature = 4.0" in out
 

@@ -176,8 +176,8 @@ def test_missing_root_names_path_and_fix(tmp_path, name):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(UnknownNameError, match="unknown dataset 'nope'"):
-        DataConfig(dataset="nope").validate()
+    with pytest.raises(ConfigError, match="data.dataset: unknown dataset 'nope'"):
+        DataConfig.parse({"dataset": "nope"}, "data")
     with pytest.raises(UnknownNameError):
         prepare("nope", ".")
 
@@ -196,7 +196,7 @@ def test_unknown_dataset_name():
 )
 def test_config_validation_names_field(kw, field):
     with pytest.raises(ConfigError) as exc:
-        DataConfig(**kw).validate()
+        DataConfig.parse(kw, "data")
     assert exc.value.field == field
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cktf.distillers import DISTILLERS, DistillContext, Distiller, InitStage, build_distiller
+from cktf.distillers import LOSS_TERMS, DistillContext, Distiller, InitStage, build_distiller
 from cktf.distillers.adapters import ConvReg
 from cktf.distillers.kd import KD, KDConfig
 from cktf.errors import ConfigError
@@ -167,8 +167,8 @@ def test_fsp_rejects_channel_mismatch():
 @pytest.mark.parametrize("name", NAMES)
 def test_works_as_secondary_term(name):
     student, teacher = _models(PAIRS[0])
-    cls = DISTILLERS.get(name)
-    cfg = cls.config_cls.from_dict({"beta": 1.0} if name in INIT_ONLY else {})  # also the optional main-stage loss
+    cls = LOSS_TERMS.get(name)
+    cfg = cls.config_cls.parse({"beta": 1.0} if name in INIT_ONLY else {})  # also the optional main-stage loss
     terms = {"kd": KD(KDConfig(), student, teacher, CTX), name: cls(cfg, student, teacher, CTX)}
     distiller = Distiller(student, teacher, terms, gamma=1.0, weights={"kd": 1.0, name: 1.0}, name=f"kd+{name}")
     out = distiller(_batch())
@@ -180,8 +180,45 @@ def test_works_as_secondary_term(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_cktf_combination(name):
-    if "cktf" not in DISTILLERS:
-        pytest.skip("cktf not registered yet")
-    fields = DISTILLERS.get("cktf").config_cls.__dataclass_fields__
+    fields = LOSS_TERMS.get("cktf").config_cls.model_fields
     distiller = build_distiller(f"cktf+{name}", *_models(PAIRS[0]), {"nce_k": 16} if "nce_k" in fields else {}, CTX)
     assert name in distiller.terms and distiller.weights[name] == 1.0
+
+
+class _Batches:
+    """A loader stand-in: a fixed list of batches, with the ``set_epoch`` the init stage calls."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def set_epoch(self, epoch):
+        pass
+
+
+def test_init_stage_mean_loss_is_over_the_steps_taken(caplog):
+    """The logged mean divides by the number of steps (the old code divided by the last index, and raised
+    NameError on an empty loader)."""
+    import logging
+    from types import SimpleNamespace
+
+    from cktf.train import OptimConfig, TrainConfig
+    from cktf.train.runner import run_init_stage
+
+    distiller = build_distiller("fsp", *_models(PAIRS[0]), {"init_epochs": 1}, CTX)
+    cfg = SimpleNamespace(optim=OptimConfig(lr=1e-12), train=TrainConfig(epochs=1, max_steps_per_epoch=0))
+    prepared = SimpleNamespace(distiller=distiller, cfg=cfg, device=torch.device("cpu"))
+    batch = _batch()
+    with torch.no_grad():
+        expected = float(sum(distiller.init_stage().loss(batch).values()))
+    with caplog.at_level(logging.INFO, logger="cktf"):
+        run_init_stage(prepared, _Batches([batch, batch]))
+        run_init_stage(prepared, _Batches([]))
+    means = [r.getMessage() for r in caplog.records if "init stage epoch" in r.getMessage()]
+    assert f"mean loss {expected:.4f} over 2 steps" in means[0]  # lr ~0: the same loss twice
+    assert "over 0 steps" in means[1] and "nan" in means[1]

@@ -8,14 +8,13 @@ teacher; the teacher stays in eval mode and its BN statistics do not move. Metho
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 import torch
 
 from cktf.cli import main
-from cktf.distillers import DISTILLERS, DistillContext, build_distiller, objective_names, split_name
+from cktf.distillers import DistillContext, build_distiller, objective, objective_names
 from cktf.models import create_model
 
 N_TRAIN, K, B = 64, 16, 8
@@ -23,8 +22,8 @@ SMALL = {"nce_k": K}  # a tiny negative count so contrastive terms run on 64 sam
 
 
 def _params(name: str) -> dict:
-    primary, secondary = split_name(name)
-    fields = DISTILLERS.get(primary).config_cls.__dataclass_fields__
+    obj = objective(name)
+    fields = obj.primary.config_cls.model_fields
     return {k: v for k, v in SMALL.items() if k in fields}
 
 
@@ -85,10 +84,9 @@ def test_objective_contract(name):
     assert student_ids <= trainable_ids and not (teacher_ids & trainable_ids)
 
 
+@pytest.mark.slow
 def test_contrastive_run_through_trainer(data_root, tmp_path):
     """CRD through the real loader and trainer: contrast_idx batches, banks updated, resume restores them."""
-    if "crd" not in DISTILLERS:
-        pytest.skip("crd not registered")
     from cktf.data import DataConfig, load_splits
     from cktf.train import OptimConfig, RunConfig, TrainConfig, fit, load_state, prepare_run
 
@@ -102,8 +100,7 @@ def test_contrastive_run_through_trainer(data_root, tmp_path):
         train=TrainConfig(epochs=1, progress=False, max_steps_per_epoch=3),
     )
     teacher = fit(prepare_run(teacher_cfg, splits=splits))
-    cfg = dataclasses.replace(
-        teacher_cfg,
+    cfg = teacher_cfg.replace(
         distiller="crd",
         distill_params={"nce_k": 32},
         teacher_checkpoint=teacher["weights_last"],
@@ -118,10 +115,9 @@ def test_contrastive_run_through_trainer(data_root, tmp_path):
     assert line["loss/crd"] > 0
 
 
+@pytest.mark.slow
 def test_cli_distill_with_combination(data_root, tmp_path, capsys):
     """`cktf distill --distiller cktf+kd --set theta=...` parses prefixed fields and trains."""
-    if "cktf" not in DISTILLERS:
-        pytest.skip("cktf not registered")
     common = [
         "--dataset",
         "cifar10",

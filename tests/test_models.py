@@ -56,7 +56,7 @@ OFFICIAL_PARAMS = {
     "shufflev2": 1_355_528,
 }
 
-# spec section 3: dims of pool_feature(feats[i]) for the standard CKTF pairs, and num_features
+# docs/algorithm.md §4: dims of pool_feature(feats[i]) for the standard CKTF pairs, and num_features
 CKTF_POOLED_DIMS = {
     "resnet8x4": ([512, 1024, 512, 256], 256),
     "resnet32x4": ([512, 1024, 512, 256], 256),

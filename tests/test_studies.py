@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from cktf.distillers import objective
 from cktf.errors import ConfigError
 from cktf.registry import UnknownNameError
-from cktf.tune.space import default_space
-from cktf.tune.study import load_study, study_from_dict
+from cktf.tune.plan import baseline_point, load_study, study_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "studies"
@@ -79,7 +79,7 @@ def test_the_study_files_are_there() -> None:
 def test_study_loads(path: Path) -> None:
     cfg = load_study(path)
     assert cfg.source == str(path.resolve())
-    assert cfg.search.space, "validation fills the default space when none is given"
+    assert cfg.space, "a study without a space searches its method's default space"
     assert "${" not in str(cfg.to_dict()), "every ${VAR:-default} is expanded"
 
 
@@ -135,7 +135,7 @@ def test_table1_study(path: Path) -> None:
     dataset, teacher, student = _pair(path)
     assert (dataset, teacher, student) in TABLE1_PAIRS
     assert path.stem == f"{dataset}_{teacher}_{student}"
-    assert cfg.search.space == default_space("cktf"), "the default CKTF space, written out"
+    assert cfg.search.space == objective("cktf").default_space(), "the default CKTF space, written out"
     assert cfg.params == {}
     assert cfg.search.num_samples == 32 and cfg.asha.grace_period == 20
     assert cfg.resources.gpu == (0.5 if teacher in ("resnet34", "resnet50") else 0.25)
@@ -146,10 +146,8 @@ def test_table1_study(path: Path) -> None:
 
 @pytest.mark.parametrize("path", TABLE1_FILES, ids=_rel)
 def test_table1_baseline_is_the_released_setting(path: Path) -> None:
-    from cktf.tune.study import baseline_of
-
     cfg = load_study(path)
-    base = baseline_of(cfg, _image_size(cfg.data.dataset))
+    base = baseline_point(cfg, _image_size(cfg.data.dataset))
     tau = 0.07 if cfg.data.dataset == "tiny_imagenet" else 0.1  # official nce_t per dataset
     assert base == {"alpha1": 0.1, "alpha2": 0.8, "tau": tau, "feat_dim": 128, "nce_k": 16384, "mapping": "last"}
 
@@ -290,12 +288,18 @@ def test_numbers_written_as_yaml_strings_are_read_as_numbers() -> None:
 # ----------------------------------------------------------------------------- README
 
 
-def test_readme_example_is_a_valid_study() -> None:
-    text = (STUDIES / "README.md").read_text()
+def test_docs_example_is_a_valid_study() -> None:
+    text = (ROOT / "docs" / "studies.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
-    assert blocks, "studies/README.md has a commented example"
+    assert blocks, "docs/studies.md has a commented example"
     cfg = study_from_dict(yaml.safe_load(blocks[0]))
-    assert cfg.name == "my_study" and "optim.lr" in cfg.search.space
+    assert cfg.name == "my_study" and "optim.lr" in cfg.space
+
+
+def test_docs_field_reference_is_current() -> None:
+    from cktf.tune.plan.reference import schema_markdown
+
+    assert schema_markdown() in (ROOT / "docs" / "studies.md").read_text(), "regenerate: cktf schema --markdown"
 
 
 def test_readme_lists_every_study() -> None:

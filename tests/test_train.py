@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 
 import pytest
@@ -31,7 +30,7 @@ def _cfg(data: DataConfig, out, **kw) -> RunConfig:
         train=TrainConfig(epochs=2, batch_size=64, progress=False),
         out_dir=str(out),
     )
-    return dataclasses.replace(base, **kw)
+    return base.replace(**kw)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +41,7 @@ def teacher_run(cifar10_small, tmp_path_factory):
     return cfg, summary
 
 
+@pytest.mark.slow
 def test_teacher_learns_above_chance(teacher_run):
     cfg, summary = teacher_run
     assert summary["epochs"] == 3
@@ -54,6 +54,7 @@ def test_teacher_learns_above_chance(teacher_run):
     assert [m["lr"] for m in lines] == pytest.approx([0.05, 0.05, 0.005])
 
 
+@pytest.mark.slow
 def test_weights_reload_and_reproduce_accuracy(teacher_run, cifar10_small):
     from cktf.data import BatchLoader
 
@@ -67,6 +68,7 @@ def test_weights_reload_and_reproduce_accuracy(teacher_run, cifar10_small):
     assert state["epoch"] == 2 and len(state["history"]) == 3
 
 
+@pytest.mark.slow
 def test_kd_student_end_to_end_and_teacher_frozen(teacher_run, cifar10_small, tmp_path):
     data, splits = cifar10_small
     _, t_summary = teacher_run
@@ -89,14 +91,15 @@ def test_kd_student_end_to_end_and_teacher_frozen(teacher_run, cifar10_small, tm
     assert all(not p.requires_grad for p in prepared.distiller.teacher.parameters())
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(cifar10_small, tmp_path):
     data, splits = cifar10_small
-    small = dataclasses.replace(data)  # same data, fewer steps
+    small = data  # same data, fewer steps
     steps = TrainConfig(epochs=2, batch_size=64, progress=False, max_steps_per_epoch=8)
     full = fit(prepare_run(_cfg(small, tmp_path / "full", train=steps), splits=splits))
-    first = _cfg(small, tmp_path / "cut", train=dataclasses.replace(steps, epochs=1))
+    first = _cfg(small, tmp_path / "cut", train=steps.replace(epochs=1))
     fit(prepare_run(first, splits=splits))
-    resumed = fit(prepare_run(dataclasses.replace(first, train=steps), splits=splits))
+    resumed = fit(prepare_run(first.replace(train=steps), splits=splits))
     assert resumed["epochs"] == 2
     a = load_model(full["weights_last"])[0].state_dict()
     b = load_model(resumed["weights_last"])[0].state_dict()
@@ -106,17 +109,19 @@ def test_resume_matches_uninterrupted_run(cifar10_small, tmp_path):
     assert len(lines) == 2
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_config(cifar10_small, tmp_path):
     data, splits = cifar10_small
     cfg = _cfg(data, tmp_path / "r", train=TrainConfig(epochs=1, batch_size=64, progress=False, max_steps_per_epoch=2))
     fit(prepare_run(cfg, splits=splits))
     with pytest.raises(ConfigError, match="out_dir"):
-        prepare_run(dataclasses.replace(cfg, optim=OptimConfig(lr=0.1)), splits=splits)
+        prepare_run(cfg.replace(optim=OptimConfig(lr=0.1)), splits=splits)
     with pytest.raises(ConfigError, match="already holds checkpoints"):
-        prepare_run(dataclasses.replace(cfg, resume=False), splits=splits)
+        prepare_run(cfg.replace(resume=False), splits=splits)
     assert (tmp_path / "r" / "last.pt").exists()  # nothing already written is lost
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_with_clear_message(cifar10_small, tmp_path):
     data, splits = cifar10_small
     cfg = _cfg(
@@ -129,6 +134,7 @@ def test_nan_loss_fails_with_clear_message(cifar10_small, tmp_path):
         fit(prepare_run(cfg, splits=splits))
 
 
+@pytest.mark.slow
 def test_kd_without_labels_never_reads_target(teacher_run, cifar10_small):
     _, t_summary = teacher_run
     data, splits = cifar10_small
@@ -181,4 +187,4 @@ def test_compile_models_gives_the_same_losses_and_bad_backends_are_named():
         torch.testing.assert_close(out[key], ref[key])
     assert type(copy.deepcopy(d.student)) is type(d.student)  # the module itself is not wrapped
     with pytest.raises(ConfigError, match="train.compile"):
-        TrainConfig(compile="no-such-backend").validate()
+        TrainConfig(compile="no-such-backend")

@@ -17,8 +17,9 @@ from tune_helpers import study_runs, tiny_study, write_study
 
 from cktf.cli import main
 from cktf.errors import ConfigError
-from cktf.tune.space import ParamSpec, baseline_point, parse_space
-from cktf.tune.study import study_from_dict
+from cktf.space import categorical, make_space_fn, parse_space, uniform
+from cktf.tune.plan import baseline_point, study_from_dict
+from cktf.tune.results.store import StudyStore
 
 # ----------------------------------------------------------------------------- validation (no Ray)
 
@@ -42,7 +43,7 @@ from cktf.tune.study import study_from_dict
 )
 def test_invalid_study_names_the_field(tmp_path, change, field):
     study = tiny_study(tmp_path, Path("/nonexistent"), **change)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ConfigError) as info:
         study_from_dict(study)
     assert field in str(info.value)
 
@@ -79,19 +80,20 @@ def test_space_specs():
         parse_space({"x": {"type": "gaussian", "low": 0, "high": 1}})
 
 
-def test_baseline_is_the_official_defaults_inside_the_space():
+def test_baseline_is_the_official_defaults_inside_the_space(tmp_path):
     space = {
-        "alpha1": ParamSpec("uniform", 0.0, 1.0),
-        "alpha2": ParamSpec("uniform", 0.0, 1.0),
-        "tau": ParamSpec("log", 0.03, 0.3),
-        "nce_k": ParamSpec("categorical", choices=(64, 128)),  # 16384 is not in the space: left to the sampler
-        "mapping": ParamSpec("categorical", choices=("first", "last")),
-        "optim.lr": ParamSpec("log", 0.01, 0.1),
+        "alpha1": {"type": "uniform", "low": 0.0, "high": 1.0},
+        "alpha2": {"type": "uniform", "low": 0.0, "high": 1.0},
+        "tau": {"type": "log", "low": 0.03, "high": 0.3},
+        "nce_k": {"type": "categorical", "choices": [64, 128]},  # 16384 is not in the space: left to the sampler
+        "mapping": {"type": "categorical", "choices": ["first", "last"]},
+        "optim.lr": {"type": "log", "low": 0.01, "high": 0.1},
     }
-    point = baseline_point("cktf", {}, {}, space, 32)
-    assert point == {"alpha1": 0.1, "alpha2": 0.8, "tau": 0.1, "mapping": "last", "optim.lr": 0.05}
-    assert baseline_point("cktf", {}, {}, space, 64)["tau"] == 0.07
-    assert baseline_point("cktf-paper", {}, {}, space, 32)["alpha1"] == 0.8
+    cfg = study_from_dict(tiny_study(tmp_path, Path("/nonexistent"), search__space=space, optim={"milestones": []}))
+    assert baseline_point(cfg, 32) == {"alpha1": 0.1, "alpha2": 0.8, "tau": 0.1, "mapping": "last", "optim.lr": 0.05}
+    assert baseline_point(cfg, 64)["tau"] == 0.07
+    paper = study_from_dict(tiny_study(tmp_path, Path("/nonexistent"), distiller="cktf-paper", search__space=space))
+    assert baseline_point(paper, 32)["alpha1"] == 0.8
 
 
 # ----------------------------------------------------------------------------- searcher and scheduler
@@ -100,12 +102,9 @@ def test_baseline_is_the_official_defaults_inside_the_space():
 def test_asha_stopped_trials_are_told_pruned():
     import optuna
 
-    from cktf.tune.searcher import PrunedAwareOptunaSearch
-    from cktf.tune.space import make_space_fn
+    from cktf.tune.run.searcher import PrunedAwareOptunaSearch
 
-    s = PrunedAwareOptunaSearch(
-        space=make_space_fn({"x": ParamSpec("uniform", 0.0, 1.0)}), metric="val_acc", mode="max", max_t=4
-    )
+    s = PrunedAwareOptunaSearch(space=make_space_fn({"x": uniform(0.0, 1.0)}), metric="val_acc", mode="max", max_t=4)
     for tid in ("a", "b", "c"):
         s.suggest(tid)
     s.on_trial_result("a", {"val_acc": 10.0, "training_iteration": 1})
@@ -120,11 +119,12 @@ def test_asha_stopped_trials_are_told_pruned():
 
 
 def _asha(state_path, time_attr="training_iteration", **kw):
-    """A 4-epoch, grace-1, halving PersistentASHA on val_acc (max)."""
-    from cktf.tune.scheduler import PersistentASHA
+    """A 4-epoch, grace-1, halving PersistentASHA on val_acc (max), its rungs in ``state_path``."""
+    from cktf.tune.run.scheduler import PersistentASHA
 
+    store = StudyStore(state_path.parent)
     sched = PersistentASHA(
-        time_attr=time_attr, max_t=4, grace_period=1, reduction_factor=2, state_path=str(state_path), **kw
+        time_attr=time_attr, max_t=4, grace_period=1, reduction_factor=2, store=store, state_name=state_path.name, **kw
     )
     sched.set_search_properties("val_acc", "max")
     return sched
@@ -237,9 +237,9 @@ def test_export_loads_and_scores_the_reported_accuracy(finished_study, tmp_path)
     splits = load_splits(DataConfig(**d), progress=False)
     loader = BatchLoader(splits.test, splits.spec, batch_size=256, train=False)
     acc = evaluate(model, loader, torch.device("cpu"))["acc"]
-    assert math.isclose(acc, info["test_acc"], abs_tol=1e-6)
+    assert math.isclose(acc, info["test_metric"]["value"], abs_tol=1e-6) and info["test_metric"]["name"] == "test_acc"
     assert info["metric"]["value"] == max(
-        json.loads(p.read_text())["best_val_acc"]
+        json.loads(p.read_text())["score"]
         for p in (finished_study.dir / "trials").glob("*.json")
         if json.loads(p.read_text())["status"] == "finished"
     )
@@ -305,44 +305,40 @@ def test_reconcile_repairs_runs_left_open_by_a_killed_driver(tmp_path):
     """The index says a trial ended but the driver died before MLflow was told: the next finish fixes it."""
     import mlflow
 
-    from cktf.tune.index import TrialIndex
-    from cktf.tune.lineage import reconcile
+    from cktf.tune.results.lineage import reconcile
+    from cktf.tune.results.reader import TrialIndex
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
     exp = client.create_experiment("x")
     runs = {s: client.create_run(exp).info.run_id for s in ("pruned", "finished", "running")}
     index = TrialIndex(tmp_path)
     for status, run_id in runs.items():
-        index.update(status, status=status, mlflow_run_id=run_id, best_val_acc=12.5)
-    assert reconcile(client, index) == 2
+        index.update(status, status=status, mlflow_run_id=run_id, score=12.5)
+    assert reconcile(client, index, "val_acc") == 2
     got = {s: client.get_run(r) for s, r in runs.items()}
     assert got["pruned"].info.status == "KILLED" and got["pruned"].data.tags["cktf.status"] == "pruned"
-    assert got["finished"].info.status == "FINISHED" and got["finished"].data.metrics["final_best_val_acc"] == 12.5
+    assert got["finished"].info.status == "FINISHED" and got["finished"].data.metrics["selected_val_acc"] == 12.5
     assert got["running"].info.status == "RUNNING"
-    assert reconcile(client, index) == 0
+    assert reconcile(client, index, "val_acc") == 0
 
 
 def test_every_shipped_study_round_trips_through_the_trial_dict(monkeypatch):
-    """Trials rebuild the study from ``to_dict()``: the result must be the same study."""
+    """The study is logged (and can be rebuilt) from ``to_dict()``: the result must be the same study."""
     monkeypatch.setenv("CKTF_DATA_ROOT", "data")
-    from cktf.tune.study import load_study
+    from cktf.tune.plan import StudyConfig, load_study
 
     for path in sorted(Path(__file__).resolve().parents[1].joinpath("studies").rglob("*.yaml")):
         cfg = load_study(path)
-        again = study_from_dict(cfg.to_dict(), validate=False)
-        assert again.to_dict() == cfg.to_dict(), path
+        again = StudyConfig.parse(cfg.to_dict())
+        assert again == cfg and again.to_dict() == cfg.to_dict(), path
 
 
 def test_grid_sampler_runs_every_ablation_arm_once():
     import optuna
 
-    from cktf.tune.searcher import PrunedAwareOptunaSearch
-    from cktf.tune.space import make_space_fn
+    from cktf.tune.run.searcher import PrunedAwareOptunaSearch
 
-    space = {
-        "mapping": ParamSpec("categorical", choices=("first", "last", "min_cos")),
-        "train.seed": ParamSpec("categorical", choices=(0, 1)),
-    }
+    space = {"mapping": categorical("first", "last", "min_cos"), "train.seed": categorical(0, 1)}
     grid = optuna.samplers.GridSampler({k: list(v.choices) for k, v in space.items()}, seed=0)
     s = PrunedAwareOptunaSearch(space=make_space_fn(space), metric="val_acc", mode="max", sampler=grid, max_t=1)
     seen = []
@@ -354,7 +350,7 @@ def test_grid_sampler_runs_every_ablation_arm_once():
 
 
 def test_checkpoint_snapshot_links_replaced_files_and_copies_appended_ones(tmp_path):
-    from cktf.tune.trainable import snapshot_file
+    from cktf.tune.run.trainable import snapshot_file
 
     run, snap = tmp_path / "run", tmp_path / "snap"
     run.mkdir(), snap.mkdir()
@@ -372,12 +368,12 @@ def test_checkpoint_snapshot_links_replaced_files_and_copies_appended_ones(tmp_p
 
 
 def test_ablation_table_compares_each_choice_over_its_finished_trials():
-    from cktf.tune.index import FINISHED, PRUNED
-    from cktf.tune.report import ablation_tables, to_markdown
+    from cktf.tune.results.reader import FINISHED, PRUNED
+    from cktf.tune.results.report import ablation_tables, to_markdown
 
     def row(mapping, seed, status, val, test):
         cfg = {"mapping": mapping, "train.seed": seed}
-        return {"config": cfg, "status": status, "best_val_acc": val, "test_acc_at_best_val": test}
+        return {"config": cfg, "status": status, "score": val, "test_at_selected": test}
 
     rows = [
         row("last", 0, FINISHED, 70.0, 69.0),
@@ -394,6 +390,7 @@ def test_ablation_table_compares_each_choice_over_its_finished_trials():
     assert by["last"]["test_at_best"] == 71.5
     assert (by["min_cos"]["finished"], by["min_cos"]["best"]) == (1, 71.0)
     assert by["first"]["best"] is None and by["first"]["trials"] == 1
-    summary = {"study": "s", "status": "complete", "counts": {}, "metric": "val_acc", "best": None, "baseline": None}
+    summary = {"study": "s", "status": "complete", "counts": {}, "metric": "val_acc", "mode": "max", "best": None}
+    summary.update(baseline=None, test_metric="test_acc")
     summary.update(gain_over_baseline=None, anchor=None, ablations=tables, top=[])
     assert "| last | 2 | 2 | 72 | 71 | 71.5 |" in to_markdown(summary)

@@ -1,5 +1,5 @@
 """Data layer: dataset sources, decode-once cache, splits, batched GPU-friendly augmentation, loaders
-and label-aware contrastive negatives (spec sections 2, 4 and 5).
+and label-aware contrastive negatives (docs/algorithm.md §3, §6 and §8).
 
 Typical use::
 

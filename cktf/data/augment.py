@@ -1,4 +1,4 @@
-"""Batched augmentation on uint8 image tensors, on any device (spec section 4, "Data"; section 5 for STL-10).
+"""Batched augmentation on uint8 image tensors, on any device (docs/algorithm.md §6; §8 for STL-10).
 
 Every function takes a whole batch ``[B, C, H, W]`` (any strides: a channels-last view of NHWC storage
 is fine) and draws all its randomness, per sample, from the ``torch.Generator`` passed in, so a

@@ -1,4 +1,4 @@
-"""Decode once, cache on disk (spec section 4, "Data": every split is read from its source once).
+"""Decode once, cache on disk (docs/algorithm.md §6; every split is read from its source once).
 
 A split is stored as ``<key>.images.npy`` (uint8 NHWC), ``<key>.targets.npy`` (int64) and
 ``<key>.json`` (classes and the key's inputs) in the cache dir: ``cache_dir``, else
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io import atomic_path, atomic_write_json
 from ._base import ArrayDataset
 
 log = logging.getLogger("cktf")
@@ -65,10 +66,8 @@ def _paths(root: Path, key: str) -> tuple[Path, Path, Path]:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array)
-    os.replace(tmp, path)
 
 
 def load_cached(key: str, cache_dir: str | Path | None = None, mmap: bool = True) -> ArrayDataset | None:
@@ -98,9 +97,7 @@ def save_cached(key: str, ds: ArrayDataset, cache_dir: str | Path | None = None,
     _save_npy(images_p, np.ascontiguousarray(ds.images))
     _save_npy(targets_p, np.ascontiguousarray(ds.targets, dtype=np.int64))
     meta = {"key": key, "n": len(ds), "shape": list(ds.images.shape), "classes": list(ds.classes), **(info or {})}
-    tmp = meta_p.with_name(f".{meta_p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_p)
+    atomic_write_json(meta_p, meta)
     _drop_stale(root, key, (info or {}).get("source"))
 
 
@@ -153,10 +150,7 @@ def cached_json(name: str, compute: Callable[[], dict[str, Any]], cache_dir: str
             pass
     value = compute()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(value))
-        os.replace(tmp, path)
+        atomic_write_json(path, value, indent=None)
     except OSError as exc:
         log.warning("could not write %s (%s)", path, exc)
     return value

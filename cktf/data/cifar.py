@@ -1,4 +1,4 @@
-"""CIFAR-100 and CIFAR-10 sources (spec section 4, "Data": RandomCrop(32, pad 4) + flip, CIFAR mean/std).
+"""CIFAR-100 and CIFAR-10 sources (docs/algorithm.md §6: RandomCrop(32, pad 4) + flip, CIFAR mean/std).
 
 CIFAR-100 is read from torchvision's pickle format (``<root>/cifar-100-python/{train,test,meta}``)
 without the md5 check, so the offline prefix subset works. CIFAR-10 is read from the pickle format

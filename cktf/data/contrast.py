@@ -1,4 +1,4 @@
-"""Label-aware contrastive sample indices, batched in torch (spec section 2).
+"""Label-aware contrastive sample indices, batched in torch (docs/algorithm.md §3).
 
 For every anchor (row ``index`` of the train split) the sampler returns ``contrast_idx`` of shape
 ``[B, K+1]``: column 0 is the positive, columns 1..K the negatives.
@@ -10,7 +10,7 @@ For every anchor (row ``index`` of the train split) the sampler returns ``contra
   (Tiny-ImageNet) does.
 * Unlabeled data (every target -1, STL-10 ``unlabeled``): every image is its own class, so negatives
   are uniform over all *other* images and never the anchor. The official code resets the targets to
-  0 and so lets an anchor draw itself as a negative (spec section 5, quirk 1); that bug is not copied.
+  0 and so lets an anchor draw itself as a negative (docs/algorithm.md §9); that bug is not copied.
 
 How: the train rows are sorted by class once (``order``); class ``c`` occupies positions
 ``[start_c, start_c + count_c)``. A uniform draw ``r`` from the ``N - count_c`` other-class positions
@@ -38,7 +38,7 @@ CONTRAST_MODES = ("exact", "relax")
 
 @dataclass(frozen=True)
 class ContrastConfig:
-    """What ``contrast_idx`` a loader adds to each train batch (spec section 2).
+    """What ``contrast_idx`` a loader adds to each train batch (docs/algorithm.md §3).
 
     Attributes:
         k: negatives per anchor (CRD/CKTF ``nce_k``, 16384).

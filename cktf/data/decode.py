@@ -1,4 +1,4 @@
-"""Decode image files into one uint8 NHWC array with a process pool (spec section 4, "Data").
+"""Decode image files into one uint8 NHWC array with a process pool (docs/algorithm.md §6).
 
 Used once per split by the ImageFolder-style sources (CIFAR-10 JPEG tree, Tiny-ImageNet,
 ``imagefolder``); the result goes to the on-disk cache (:mod:`cktf.data.cache`). Grayscale and

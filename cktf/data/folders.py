@@ -1,7 +1,7 @@
 """Listing and cached decoding of ImageFolder-style trees (``<split>/<class>/**/<image>``).
 
-Shared by the CIFAR-10 JPEG tree, Tiny-ImageNet and ``imagefolder`` sources (spec section 4,
-"Data"). Classes are the sorted sub-folder names, as torchvision's ``ImageFolder`` orders them.
+Shared by the CIFAR-10 JPEG tree, Tiny-ImageNet and ``imagefolder`` sources (docs/algorithm.md
+§6). Classes are the sorted sub-folder names, as torchvision's ``ImageFolder`` orders them.
 """
 
 from __future__ import annotations

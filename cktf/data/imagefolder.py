@@ -1,11 +1,11 @@
-"""Generic ImageFolder source: any ``<root>/{train,test|val}/<class>/*`` tree (spec section 4, "Data").
+"""Generic ImageFolder source: any ``<root>/{train,test|val}/<class>/*`` tree (docs/algorithm.md §6).
 
 Images are decoded at one side: ``image_size`` when given, else the shorter side of the first train
 image; images of another size are resized (shorter side) and centre-cropped. Mean and std are computed
 from the train split once and cached next to it, unless a registered spec fixes them
 (:func:`imagefolder_spec`). Train augmentation: RandomCrop(side, pad 4) + flip for sides <= 32,
 RandomResizedCrop(side) + flip above. Negatives are sampled with replacement by default, as the
-official ``ImageFolderSample`` does (spec section 2).
+official ``ImageFolderSample`` does (docs/algorithm.md §3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Device-resident batch loader (spec section 4, "Data"; section 2 for ``contrast_idx``).
+"""Device-resident batch loader (docs/algorithm.md §6; §3 for ``contrast_idx``).
 
 The whole split is one uint8 NHWC tensor on the training device (GPU-resident under CUDA, as in
 airbench) when it takes at most half of the GPU's free memory (:func:`fits_on_device`; CIFAR-100 is 154 MB,

@@ -1,4 +1,4 @@
-"""Dataset descriptions and the ``DATASETS`` registry (spec section 4, "Data"; section 5 for STL-10).
+"""Dataset descriptions and the ``DATASETS`` registry (docs/algorithm.md §6; §8 for STL-10).
 
 A :class:`DatasetSpec` says how a dataset is fed to a model (input side, normalisation, train
 augmentation, default negative sampling) and how to read it from disk (``load``). The sources
@@ -53,7 +53,7 @@ class DatasetSpec:
         splits: the splits ``load`` can read.
         load: the reader, see :class:`Loader`.
         how_to_get: one sentence on the expected layout / where to get the files, used in errors.
-        contrast_replace: default of ``DataConfig.contrast_replace`` (spec section 2: the official code
+        contrast_replace: default of ``DataConfig.contrast_replace`` (docs/algorithm.md §3: the official code
             samples CIFAR negatives without replacement and ImageFolder ones with replacement).
         train_split: split used as the training set (``unlabeled`` for the STL-10 transfer step 1).
         test_split: split used as the test set (Tiny-ImageNet reports on ``val``, exposed as ``test``).

@@ -1,4 +1,4 @@
-"""Data config and train/val/test splits (spec section 4, "Data"; section 2 for the contrastive index space).
+"""Data config and train/val/test splits (docs/algorithm.md §6; §3 for the contrastive index space).
 
 :func:`load_splits` reads the dataset's train and test splits (decoded once, cached), draws the
 seeded stratified subsets, and holds out a seeded class-stratified validation split from train.
@@ -14,76 +14,58 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
+from ..config import Config, lookup
 from ..errors import ConfigError
 from ._base import UNLABELED, ArrayDataset
-from .contrast import CONTRAST_MODES
 from .spec import DATASETS, DatasetSpec
 
 log = logging.getLogger("cktf")
 
 
-@dataclass
-class DataConfig:
-    """Which data a run uses and how it is split (every field is a ``--data-*`` CLI flag).
+class DataConfig(Config):
+    """Which data a run uses and how it is split (every field is a ``--data-*`` CLI flag)."""
 
-    Attributes:
-        dataset: registered dataset name (``cktf datasets`` / ``DATASETS.names()``).
-        root: data root; see each dataset's expected layout.
-        download: download into ``root`` when missing (needs internet).
-        val_fraction: fraction of train held out (class-stratified) for model selection; 0 = no val split.
-        split_seed: seed of the subset draws and the val hold-out (independent of the training seed).
-        train_subset: use this many train images (seeded, stratified; before the val hold-out).
-        test_subset: use this many test images (seeded, stratified).
-        cache_dir: decoded-array cache; default ``$CKTF_CACHE_DIR`` or ``~/.cache/cktf``.
-        image_size: decode side for ``imagefolder`` datasets (default: the first train image's side).
-        contrast_mode: CRD/CKTF positive: ``exact`` (the sample itself) or ``relax`` (a same-class sample).
-        contrast_replace: draw negatives with replacement; ``None`` = the dataset's default (spec section 2:
-            without for CIFAR, with for Tiny-ImageNet, STL-10 and ImageFolder data).
-        drop_labels: use the images only (transfer learning, Section 3.2): every train target becomes -1,
-            no validation split is held out, and contrastive negatives are drawn uniformly from the
-            other images (never the anchor itself, unlike the official code's quirk).
-    """
+    section = "data"
 
     dataset: str = "cifar100"
-    root: str = "./data"
+    """registered dataset name (cifar100, cifar10, tiny_imagenet, stl10, stl10_unlabeled, imagefolder)"""
+    root: str = Field("./data", min_length=1)
+    """data root; see each dataset's expected layout"""
     download: bool = False
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    train_subset: int | None = None
-    test_subset: int | None = None
+    """download into root when missing (needs internet)"""
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """fraction of train held out (class-stratified) for model selection; 0 = no val split"""
+    split_seed: int = Field(0, ge=0)
+    """seed of the subset draws and the val hold-out (independent of the training seed)"""
+    train_subset: int | None = Field(None, ge=1)
+    """use this many train images (seeded, stratified; before the val hold-out); unset = all"""
+    test_subset: int | None = Field(None, ge=1)
+    """use this many test images (seeded, stratified); unset = all"""
     cache_dir: str | None = None
-    image_size: int | None = None
+    """decoded-array cache; default $CKTF_CACHE_DIR or ~/.cache/cktf"""
+    image_size: int | None = Field(None, ge=8)
+    """decode side for imagefolder datasets (default: the first train image's side)"""
     contrast_mode: Literal["exact", "relax"] = "exact"
+    """CRD/CKTF positive: exact (the sample itself) or relax (a same-class sample)"""
     contrast_replace: bool | None = None
+    """draw negatives with replacement; unset = the dataset's default (docs/algorithm.md §3: without for CIFAR,
+    with for Tiny-ImageNet, STL-10 and ImageFolder data)"""
     drop_labels: bool = False
+    """use the images only (transfer learning, Section 3.2): every train target becomes -1, no validation split is
+    held out, and contrastive negatives are drawn uniformly from the other images (never the anchor itself)"""
 
-    def validate(self) -> None:
-        """Cheap checks, before anything is read; raises ConfigError (or UnknownNameError for ``dataset``)."""
-        spec = DATASETS.get(self.dataset)
-        if not str(self.root):
-            raise ConfigError("data.root", "must not be empty", "pass --data-root DIR")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError("data.val_fraction", f"must be in [0, 1), got {self.val_fraction}", "e.g. 0.1")
-        if self.split_seed < 0:
-            raise ConfigError("data.split_seed", f"must be >= 0, got {self.split_seed}")
-        for name in ("train_subset", "test_subset"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"data.{name}", f"must be >= 1 or unset, got {value}", "drop it to use every image")
-        if self.image_size is not None:
-            if spec.resolve is None:
-                raise ConfigError(
-                    "data.image_size",
-                    f"{self.dataset} has a fixed input size ({spec.image_size})",
-                    "drop it; it only applies to imagefolder datasets",
-                )
-            if self.image_size < 8:
-                raise ConfigError("data.image_size", f"must be >= 8, got {self.image_size}")
-        if self.contrast_mode not in CONTRAST_MODES:
+    @model_validator(mode="after")
+    def _check_data(self) -> DataConfig:
+        spec = lookup("dataset", DATASETS.get, self.dataset)
+        if self.image_size is not None and spec.resolve is None:
             raise ConfigError(
-                "data.contrast_mode", f"must be one of {', '.join(CONTRAST_MODES)}, got {self.contrast_mode!r}"
+                "image_size",
+                f"{self.dataset} has a fixed input size ({spec.image_size})",
+                "drop it; it only applies to imagefolder datasets",
             )
+        return self
 
     def resolved_contrast_replace(self) -> bool:
         """``contrast_replace``, or the dataset's default when unset."""
@@ -176,7 +158,6 @@ def load_splits(cfg: DataConfig, progress: bool = True) -> Splits:
         UnknownNameError: ``cfg.dataset`` is not registered.
         DataNotFoundError: the files are not under ``cfg.root`` (the message says where and how to get them).
     """
-    cfg.validate()
     spec = DATASETS.get(cfg.dataset)
     opts = dict(cache_dir=cfg.cache_dir, image_size=cfg.image_size, progress=progress)
     train_full = spec.load(cfg.root, spec.train_split, cfg.download, **opts)

@@ -1,9 +1,9 @@
-"""STL-10 source (spec section 5: Tiny-ImageNet -> STL-10 transfer).
+"""STL-10 source (paper Section 3.2, docs/algorithm.md §8: Tiny-ImageNet -> STL-10 transfer).
 
 Reads torchvision's binary format ``<root>/stl10_binary/{train,test,unlabeled}_X.bin`` (+ ``_y.bin``).
 Images are 96x96 and are fed at 64x64 (RandomResizedCrop(64) for training, Resize(64) + CenterCrop(64)
 for evaluation). The ``unlabeled`` split (100,000 images) keeps target -1; unlike the official code
-(spec section 5, quirk 1) the targets are not reset to 0, so contrastive negatives are drawn uniformly
+(docs/algorithm.md §9) the targets are not reset to 0, so contrastive negatives are drawn uniformly
 from all *other* images (see :mod:`cktf.data.contrast`).
 
 Two names are registered: ``stl10`` trains on the labeled ``train`` split (step 2, fine-tuning) and

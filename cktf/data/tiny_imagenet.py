@@ -1,4 +1,4 @@
-"""Tiny-ImageNet-200 source (spec section 4, "Data": RandomResizedCrop(64) + flip, ImageNet mean/std).
+"""Tiny-ImageNet-200 source (docs/algorithm.md §6: RandomResizedCrop(64) + flip, ImageNet mean/std).
 
 Reads the official layout ``<root>/tiny-imagenet-200/`` (``train/<wnid>/images/*.JPEG``, ``val/images``
 + ``val/val_annotations.txt``); ``val/<wnid>/`` ImageFolder trees (what CKTF's code expects) work too.

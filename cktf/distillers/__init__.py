@@ -1,30 +1,23 @@
-"""Distillers: one registered loss term per method, combined into objectives (see ``cktf distillers``)."""
+"""Distillers: one registered loss term per method (``LOSS_TERMS``), composed into objectives (``cktf distillers``)."""
 
 from . import ab, at, cc, ce, cktf, crd, fitnet, fsp, ft, kd, nst, pkt, rkd, sp, vid  # noqa: F401  (registration)
-from ._base import (
-    DISTILLERS,
-    DistillContext,
-    Distiller,
-    DistillerConfig,
-    InitStage,
-    LossTerm,
-    StepOutput,
-    TermConfig,
-)
-from .compose import build_distiller, needs_teacher, objective_names, parse_params, split_name
+from ._base import LOSS_TERMS, DistillContext, Distiller, InitStage, LossTerm, StepOutput, TermConfig, Weight
+from .ce import SUPERVISED
+from .compose import Objective, ObjectiveConfig, build_distiller, objective, objective_names
 
 __all__ = [
-    "DISTILLERS",
+    "LOSS_TERMS",
+    "SUPERVISED",
     "DistillContext",
     "Distiller",
-    "DistillerConfig",
     "InitStage",
     "LossTerm",
+    "Objective",
+    "ObjectiveConfig",
     "StepOutput",
     "TermConfig",
+    "Weight",
     "build_distiller",
-    "needs_teacher",
+    "objective",
     "objective_names",
-    "parse_params",
-    "split_name",
 ]

@@ -12,91 +12,44 @@ are the same class with one or two terms: no per-method trainer, no ``if/elif`` 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
+from ..config import Config
 from ..errors import ConfigError
 from ..models import DistillModel, DistillOutput
 from ..registry import Registry
+from ..space import LR_SPACE, ParamSpec
 
-#: name -> LossTerm subclass (``cktf distillers`` lists it, plus the ``X+Y`` combinations)
-DISTILLERS: Registry = Registry("distiller")
+#: name -> LossTerm subclass: one method each (``cktf distillers`` lists them, plus presets and ``X+Y`` combinations)
+LOSS_TERMS: Registry = Registry("distiller")
 
-WEIGHT_FIELDS = ("gamma", "alpha", "beta", "theta", "alpha1", "alpha2")
+#: a loss weight: a float >= 0 (Eq. 1's gamma, theta and each method's own weights)
+Weight = Annotated[float, Field(ge=0.0)]
 
 
-@dataclass
-class TermConfig:
+class TermConfig(Config):
     """Fields shared by every method's config. Subclasses add their own with the official defaults."""
 
-    gamma: float = 1.0  # cross-entropy weight when this method is the primary one (Eq. 1); 0 = labels never read
+    section = "distill"
 
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any], prefix: str = "distill") -> TermConfig:
-        """Build from a flat dict (CLI ``--set k=v`` or a Ray Tune config), naming unknown or bad fields."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - set(fields))
-        if unknown:
-            raise ConfigError(
-                f"{prefix}.{unknown[0]}", "unknown field for this distiller", f"known fields: {', '.join(fields)}"
-            )
-        kwargs = {}
-        for name, value in params.items():
-            default = fields[name].default
-            try:
-                kwargs[name] = coerce(value, default)
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"{prefix}.{name}", f"cannot use {value!r}", f"give a {type(default).__name__}"
-                ) from None
-        cfg = cls(**kwargs)
-        cfg.validate(prefix)
-        return cfg
+    gamma: Weight = 1.0
+    """cross-entropy weight when this method is the primary one (Eq. 1); 0 = labels are never read"""
 
-    def validate(self, prefix: str = "distill") -> None:
-        """Reject negative loss weights; subclasses extend this with their own bounds."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if (f.name in WEIGHT_FIELDS or f.name.startswith("w_")) and value is not None and value < 0:
-                raise ConfigError(f"{prefix}.{f.name}", f"loss weight must be >= 0, got {value}", "use a value >= 0")
+    def at_image_size(self, image_size: int) -> TermConfig:
+        """This config with its image-size dependent defaults resolved (CKTF's ``tau``); most have none."""
+        return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-#: kept for readability at call sites that build a whole objective
-DistillerConfig = TermConfig
-
-
-def coerce(value: Any, default: Any) -> Any:
-    """Convert CLI strings / tune values to the type of the field's default (``None`` defaults keep the value)."""
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        return bool(value)
-    if isinstance(default, int):
-        f = float(value)
-        if f != int(f):
-            raise ValueError(value)
-        return int(f)
-    if isinstance(default, float):
-        return float(value)
-    if isinstance(default, str):
-        return str(value)
-    if isinstance(default, tuple):
-        return tuple(value) if not isinstance(value, str) else tuple(v.strip() for v in value.split(","))
-    return value
+    def negatives(self) -> int | None:
+        """Negatives K per anchor when the method needs ``contrast_idx`` batches (CRD, CKTF), else ``None``."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -124,19 +77,30 @@ class InitStage(NamedTuple):
 
 
 class LossTerm(nn.Module):
-    """One method's loss with its trainable adapters and state. Register with ``@DISTILLERS.register(name)``.
+    """One method's loss with its trainable adapters and state. Register with ``@LOSS_TERMS.register(name)``.
 
     Subclasses set the class attributes, build adapters in ``__init__`` from ``student.feature_info`` /
-    ``teacher.feature_info`` (without keeping references to the models) and implement :meth:`forward`.
+    ``teacher.feature_info`` (without keeping references to the models) and implement :meth:`forward`. What a
+    study needs to know about the method lives here too, so the study layer never tests a method's name: its
+    default search space, its presets, whether and how it combines (Eq. 1, ``X+Y``) and its defaults beside a
+    partner. Adding a method is one file in ``cktf/distillers/`` and its test.
     """
 
     config_cls: ClassVar[type[TermConfig]] = TermConfig
-    #: batch keys the method needs beyond ``image``/``target`` (the data layer reads this)
-    requires: ClassVar[frozenset[str]] = frozenset()
     #: False for plain supervised training (teacher training)
     needs_teacher: ClassVar[bool] = True
     #: False when only logits are needed (skips collecting features)
     needs_features: ClassVar[bool] = True
+    #: the study's ``search.space`` when the study names none (field names of :attr:`config_cls`, or ``optim.*``)
+    search_space: ClassVar[Mapping[str, ParamSpec]] = LR_SPACE
+    #: named variants: preset name -> field overrides (``cktf-paper``: the paper text's weights)
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: may come first in ``X+Y`` (the contrastive methods: "CKTF + X", "CRD + KD")
+    leads_combinations: ClassVar[bool] = False
+    #: may be the ``Y`` of ``X+Y`` (not plain CE, not a leading method)
+    joins_combinations: ClassVar[bool] = True
+    #: partners ``cktf distillers`` lists for a leading method (``None``: every joinable method)
+    listed_partners: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, cfg: TermConfig, student: DistillModel, teacher: DistillModel | None, ctx: DistillContext):
         super().__init__()
@@ -152,7 +116,7 @@ class LossTerm(nn.Module):
 
     def contrast_negatives(self) -> int | None:
         """Number of negatives K per sample when the method needs ``contrast_idx`` batches (CRD, CKTF)."""
-        return None
+        return self.cfg.negatives()
 
     def init_stage(self, student: DistillModel, teacher: DistillModel) -> InitStage | None:
         """The method's initialisation stage, if any (AB, FT, FSP)."""
@@ -160,19 +124,16 @@ class LossTerm(nn.Module):
 
     @classmethod
     def combo_defaults(cls, partner: str, image_size: int) -> dict[str, Any]:
-        """Default overrides of this (primary) method's fields when combined with ``partner``."""
+        """Default overrides of this (leading) method's fields when combined with ``partner``."""
         return {}
 
     @classmethod
     def combo_defaults_as_secondary(cls, primary: str) -> dict[str, Any]:
-        """Default overrides of this method's fields when it is the ``X`` of ``primary+X``."""
+        """Default overrides of this method's fields when it is the ``Y`` of ``primary+Y``."""
         return {}
 
     def on_train_start(self, student: DistillModel) -> None:
         """Hook before the main stage (e.g. FT freezes its paraphraser)."""
-
-    def train(self, mode: bool = True) -> LossTerm:
-        return super().train(mode)
 
 
 class Distiller(nn.Module):
@@ -197,7 +158,6 @@ class Distiller(nn.Module):
         self.gamma = float(gamma)
         self.weights = {k: float((weights or {}).get(k, 1.0)) for k in terms}
         self.name = name
-        self.requires = frozenset().union(*(type(t).requires for t in terms.values()))
         self.needs_features = any(type(t).needs_features for t in terms.values())
         self._forwards: dict[str, Callable[[Tensor], DistillOutput]] = {}  # compiled model forwards, if any
         if self.teacher is not None:
@@ -256,9 +216,6 @@ class Distiller(nn.Module):
     def on_train_start(self) -> None:
         for t in self.terms.values():
             t.on_train_start(self.student)
-
-    def extra_modules(self) -> list[nn.Module]:
-        return list(self.terms.values())
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Student plus every term's adapters/heads, never the teacher (RepDistiller's ``trainable_list``)."""

@@ -10,7 +10,6 @@ pre-activations (``preact=True``, ``feat[1:-1]``: our ``preact_feats[1:]``); the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -18,23 +17,27 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..losses import ab_loss
 from ..models import DistillModel, DistillOutput
-from ._base import DISTILLERS, DistillContext, InitStage, LossTerm
-from .adapters import Connector, InitStageConfig, feature_modules, official_init_lr
+from ..space import categorical, log_uniform
+from ._base import LOSS_TERMS, DistillContext, InitStage, LossTerm, Weight
+from .adapters import Connector, InitStageConfig, feature_modules
 
 
-@dataclass
 class ABConfig(InitStageConfig):
     """RepDistiller ``--distill abound``: 30 init epochs at the main lr (0.05), then CE only."""
 
-    beta: float = 0.0  # main-stage AB weight: 0 = official (loss_kd = 0 in train_distill; -b 1 has no effect)
-    margin: float = 1.0  # activation-boundary margin m (ABLoss margin)
+    beta: Weight = 0.0
+    """main-stage AB weight: 0 = official (loss_kd = 0 in train_distill; -b 1 has no effect)"""
+    margin: float = 1.0
+    """activation-boundary margin m (ABLoss margin)"""
 
 
-@DISTILLERS.register("ab", summary="AB: init stage matching activation boundaries of every stage, then CE")
+@LOSS_TERMS.register("ab", summary="AB: init stage matching activation boundaries of every stage, then CE")
 class AB(LossTerm):
     """Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons."""
 
     config_cls = ABConfig
+    #: the boundary margin and the init stage's length (the main stage is CE only, as upstream)
+    search_space = {"margin": log_uniform(0.25, 4.0), "init_epochs": categorical(10, 20, 30)}
 
     def __init__(self, cfg: ABConfig, student: DistillModel, teacher: DistillModel, ctx: DistillContext):
         super().__init__(cfg, student, teacher, ctx)
@@ -46,7 +49,7 @@ class AB(LossTerm):
             self.connector = Connector(s_shapes, t_shapes, names)
         except ValueError as e:
             raise ConfigError("distiller", f"ab: {e}", "use a student and teacher with compatible stages") from None
-        self.init_lr = cfg.init_lr or official_init_lr(student, "ab")
+        self.init_lr = cfg.init_lr or None  # None: the main stage's optim.lr (RepDistiller opt.learning_rate)
 
     def _loss(self, s: DistillOutput, t: DistillOutput) -> Tensor:
         return sum(ab_loss(self.connector(s.preact_feats[1:]), t.preact_feats[1:], self.cfg.margin))

@@ -9,9 +9,9 @@ defaults and attribute names, so official state dicts load. Shapes are ``(C, H, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
+from pydantic import model_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -155,37 +155,24 @@ class Translator(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ init-stage rules
-@dataclass
 class InitStageConfig(TermConfig):
     """Fields of the methods with an init stage (AB, FT, FSP; RepDistiller ``helper/pretrain.py``)."""
 
-    init_epochs: int = 30  # init-stage epochs (--init_epochs 30); 0 skips the stage
-    init_lr: float = 0.0  # init-stage SGD lr; 0 = the official rule (FT on CIFAR ResNet/WRN: 0.01, else optim.lr)
+    init_epochs: int = 30
+    """init-stage epochs (--init_epochs 30); 0 skips the stage"""
+    init_lr: float = 0.0
+    """init-stage SGD lr; 0 = the method's official rule (FT on CIFAR ResNet/WRN: 0.01; otherwise optim.lr)"""
 
-    def validate(self, prefix: str = "distill") -> None:
-        super().validate(prefix)
+    @model_validator(mode="after")
+    def _check_initstageconfig(self) -> InitStageConfig:
         if self.init_epochs < 0:
-            raise ConfigError(f"{prefix}.init_epochs", f"must be >= 0, got {self.init_epochs}", "e.g. 30")
+            raise ConfigError("init_epochs", f"must be >= 0, got {self.init_epochs}", "e.g. 30")
         if self.init_lr < 0:
-            raise ConfigError(f"{prefix}.init_lr", f"must be >= 0 (0 = official rule), got {self.init_lr}")
+            raise ConfigError("init_lr", f"must be >= 0 (0 = official rule), got {self.init_lr}")
+        return self
 
 
 def feature_modules(student: DistillModel) -> list[nn.Module]:
     """The student's children except the one holding the classifier (RepDistiller ``model.get_feat_modules()``)."""
     head = student.classifier_module()
     return [m for m in student.children() if not any(sub is head for sub in m.modules())]
-
-
-def official_init_lr(student: DistillModel, method: str) -> float | None:
-    """The init-stage learning rate of RepDistiller ``helper/pretrain.py``.
-
-    FT (``factor``) with a CIFAR ResNet / WRN student: 0.01. Otherwise ``opt.learning_rate``, i.e. the main
-    stage's learning rate: ``None`` here, which the trainer fills with ``optim.lr`` (0.05 by default; the
-    official scripts run 0.01 for MobileNetV2 / ShuffleNet students, which their studies set explicitly).
-    """
-    from ..models.resnet_cifar import CifarResNet
-    from ..models.wrn import WideResNet
-
-    if method == "ft" and isinstance(student, (CifarResNet, WideResNet)):
-        return 0.01
-    return None

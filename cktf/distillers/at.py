@@ -7,30 +7,33 @@ every stage output (``feat[1:-1]``, our ``feats[1:]``), one loss per stage, summ
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from pydantic import model_validator
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses import at_loss
 from ..models import DistillOutput
-from ._base import DISTILLERS, LossTerm, TermConfig
+from ..space import log_uniform
+from ._base import LOSS_TERMS, LossTerm, TermConfig, Weight
 
 
-@dataclass
 class ATConfig(TermConfig):
     """RepDistiller ``scripts/run_cifar_distill.sh``: ``--distill attention -a 0 -b 1000``."""
 
-    beta: float = 1000.0  # attention-transfer weight (-b; the paper's beta/2 is folded in)
-    p: float = 2.0  # attention map exponent: mean_c |f|^p (Attention(p=2))
+    beta: Weight = 1000.0
+    """attention-transfer weight (-b; the paper's beta/2 is folded in)"""
+    p: float = 2.0
+    """attention map exponent: mean_c |f|^p (Attention(p=2))"""
 
-    def validate(self, prefix: str = "distill") -> None:
-        super().validate(prefix)
+    @model_validator(mode="after")
+    def _check_atconfig(self) -> ATConfig:
         if self.p <= 0:
-            raise ConfigError(f"{prefix}.p", f"must be > 0, got {self.p}", "e.g. 2")
+            raise ConfigError("p", f"must be > 0, got {self.p}", "e.g. 2")
+        return self
 
 
-@DISTILLERS.register("at", summary="AT: attention maps of every stage, summed")
+@LOSS_TERMS.register("at", summary="AT: attention maps of every stage, summed")
 class AT(LossTerm):
     """Paying More Attention to Attention: match normalised spatial attention maps of every stage.
 
@@ -38,6 +41,8 @@ class AT(LossTerm):
     """
 
     config_cls = ATConfig
+    #: a decade either side of the official weight (1000)
+    search_space = {"beta": log_uniform(100.0, 10000.0)}
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None

@@ -8,35 +8,40 @@ linear embedding on each side's pooled feature (``feat[-1]``); both embeddings a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from pydantic import model_validator
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses import cc_loss
 from ..models import DistillModel, DistillOutput
-from ._base import DISTILLERS, DistillContext, LossTerm, TermConfig
+from ..space import log_uniform
+from ._base import LOSS_TERMS, DistillContext, LossTerm, TermConfig, Weight
 from .adapters import LinearEmbed
 
 
-@dataclass
 class CCConfig(TermConfig):
     """RepDistiller ``scripts/run_cifar_distill.sh``: ``--distill correlation -a 0 -b 0.02``."""
 
-    beta: float = 0.02  # correlation congruence weight (-b)
-    feat_dim: int = 128  # embedding width of both LinearEmbeds (--feat_dim 128)
+    beta: Weight = 0.02
+    """correlation congruence weight (-b)"""
+    feat_dim: int = 128
+    """embedding width of both LinearEmbeds (--feat_dim 128)"""
 
-    def validate(self, prefix: str = "distill") -> None:
-        super().validate(prefix)
+    @model_validator(mode="after")
+    def _check_ccconfig(self) -> CCConfig:
         if self.feat_dim < 1:
-            raise ConfigError(f"{prefix}.feat_dim", f"must be >= 1, got {self.feat_dim}", "e.g. 128")
+            raise ConfigError("feat_dim", f"must be >= 1, got {self.feat_dim}", "e.g. 128")
+        return self
 
 
-@DISTILLERS.register("cc", summary="CC: correlation congruence of trained 128-d embeddings of the pooled features")
+@LOSS_TERMS.register("cc", summary="CC: correlation congruence of trained 128-d embeddings of the pooled features")
 class CC(LossTerm):
     """Correlation Congruence for Knowledge Distillation, as RepDistiller runs it."""
 
     config_cls = CCConfig
+    #: a decade either side of the official weight (0.02)
+    search_space = {"beta": log_uniform(0.002, 0.2)}
 
     def __init__(self, cfg: CCConfig, student: DistillModel, teacher: DistillModel, ctx: DistillContext):
         super().__init__(cfg, student, teacher, ctx)

@@ -2,7 +2,7 @@
 
 Zhao, Chen & Zhao, ICASSP 2023; code ``kaiqi123/CKTF`` (a RepDistiller fork): ``--distill crdst``, i.e.
 ``distiller_zoo/ST.py`` (``SimilarityTransfer``), the ``crdst`` branches of ``train_student.py`` / ``helper/loops.py``
-and ``crd/criterion.py``. Spec: ``cktf-algorithm.md`` sections 1-3 and 8.
+and ``crd/criterion.py``; docs/algorithm.md §1-§5 and §9.
 
 Eq. 1 of the paper, ``L = gamma * L_CE + L_CKT + theta * L_distill``, with the contrastive knowledge transfer term
 ``L_CKT`` (Section 2) a CRD critic per *intermediate module* plus one on the penultimate features. As the released
@@ -55,17 +55,18 @@ Where paper, code and this implementation differ:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import field_validator, model_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses import MAPPINGS, select_stage_pair
 from ..models import DistillModel, DistillOutput
-from ._base import DISTILLERS, DistillContext, LossTerm, TermConfig
-from .crd import HEADS, ContrastModule, check_contrast_batch, validate_contrast_fields
+from ..space import categorical, log_uniform, uniform
+from ._base import LOSS_TERMS, DistillContext, LossTerm, TermConfig, Weight
+from .crd import ContrastModule, Scoring, check_contrast_batch, validate_contrast_fields
 
 #: official ``--st_method`` names accepted as aliases
 MAPPING_ALIASES = {"largest": "max_cos", "smallest": "min_cos"}
@@ -82,45 +83,58 @@ def resolve_tau(tau: float | None, image_size: int) -> float:
     return TAU_32 if image_size <= 32 else TAU_64
 
 
-@dataclass
 class CKTFConfig(TermConfig):
-    """CKTF's released setting (``--distill crdst --st_method Last -r 1 -a 0 -b 0.8 --theta 0.1``; spec section 3)."""
+    """CKTF's released setting (``--distill crdst --st_method Last -r 1 -a 0 -b 0.8 --theta 0.1``; docs/algorithm.md
+    §1 and §4)."""
 
-    gamma: float = 1.0  # CE weight (-r)
-    alpha1: float = 0.1  # weight of the SUM of the stem + stage terms (official --theta)
-    alpha2: float = 0.8  # weight of the final (penultimate) term (official -b)
-    tau: float | None = None  # NCE temperature; None: 0.1 for 32x32 data, 0.07 for 64x64 (official nce_t)
-    feat_dim: int = 128  # embedding size d of every critic
-    nce_k: int = 16384  # negatives per anchor K (shared by every critic)
-    nce_m: float = 0.5  # memory momentum
-    mapping: str = "last"  # stage pairing: first | last | random | max_cos | min_cos (official Last/.../Smallest)
-    head: str = "linear"  # embedding heads: linear (Embed, every script) | mlp (CKTF --head mlp)
-    scoring: str = "fused"  # fused | gather (official op order) | low_memory | dense: same loss (see CRDConfig)
+    gamma: Weight = 1.0
+    """CE weight (-r)"""
+    alpha1: Weight = 0.1
+    """weight of the SUM of the stem + stage terms (official --theta)"""
+    alpha2: Weight = 0.8
+    """weight of the final (penultimate) term (official -b)"""
+    tau: float | None = None
+    """NCE temperature; none: 0.1 for 32x32 data, 0.07 for larger inputs (official nce_t)"""
+    feat_dim: int = 128
+    """embedding size d of every critic"""
+    nce_k: int = 16384
+    """negatives per anchor K (shared by every critic)"""
+    nce_m: float = 0.5
+    """memory momentum"""
+    mapping: Literal["first", "last", "random", "max_cos", "min_cos"] = "last"
+    """stage pairing: first | last | random | max_cos | min_cos (official First/Last/Random/Largest/Smallest)"""
+    head: Literal["linear", "mlp", "pad"] = "linear"
+    """embedding heads: linear (Embed, every script) | mlp | pad (CKTF --head mlp|pad)"""
+    scoring: Scoring = "fused"
+    """fused | gather (the official op order): the same loss (see CRDConfig)"""
 
-    def __post_init__(self) -> None:
-        if isinstance(self.tau, str):  # CLI / tune strings: the field's default is None, so coerce() keeps them
-            text = self.tau.strip().lower()
-            if text in ("", "none", "auto", "null"):
-                self.tau = None
-            else:
-                try:
-                    self.tau = float(text)
-                except ValueError:
-                    raise ConfigError("distill.tau", f"cannot use {self.tau!r}", "give a float, or none") from None
-        elif self.tau is not None:
-            self.tau = float(self.tau)
-        key = str(self.mapping).lower()
-        self.mapping = MAPPING_ALIASES.get(key, key)
+    @field_validator("tau", mode="before")
+    @classmethod
+    def _tau_words(cls, value: Any) -> Any:
+        """``none`` / ``auto`` (CLI and YAML words) mean the per-image-size default."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "auto", "null"):
+            return None
+        return value
 
-    def validate(self, prefix: str = "distill") -> None:
-        super().validate(prefix)
-        validate_contrast_fields(self, prefix)
-        if self.mapping not in MAPPINGS:
-            raise ConfigError(
-                f"{prefix}.mapping", f"unknown stage mapping {self.mapping!r}", f"use one of {', '.join(MAPPINGS)}"
-            )
-        if self.head not in HEADS:
-            raise ConfigError(f"{prefix}.head", f"unknown head {self.head!r}", f"use one of {', '.join(HEADS)}")
+    @field_validator("mapping", mode="before")
+    @classmethod
+    def _mapping_alias(cls, value: Any) -> Any:
+        """The official ``--st_method`` names (``Last``, ``Largest``, ``Smallest``, ...) are accepted."""
+        if isinstance(value, str):
+            key = value.strip().lower()
+            return MAPPING_ALIASES.get(key, key)
+        return value
+
+    @model_validator(mode="after")
+    def _check_cktfconfig(self) -> CKTFConfig:
+        validate_contrast_fields(self)
+        return self
+
+    def at_image_size(self, image_size: int) -> CKTFConfig:
+        return self if self.tau is not None else self.replace(tau=resolve_tau(None, image_size))
+
+    def negatives(self) -> int:
+        return self.nce_k
 
 
 class FamilyPool:
@@ -218,7 +232,7 @@ def cktf_head_dims(student: DistillModel, teacher: DistillModel, image_size: int
     return dims
 
 
-@DISTILLERS.register("cktf", summary="CKTF: a CRD critic per intermediate module (stem, stages) plus the final one")
+@LOSS_TERMS.register("cktf", summary="CKTF: a CRD critic per intermediate module (stem, stages) plus the final one")
 class CKTF(LossTerm):
     """Contrastive knowledge transfer over every intermediate module plus the penultimate features (Eq. 1).
 
@@ -228,7 +242,19 @@ class CKTF(LossTerm):
     """
 
     config_cls = CKTFConfig
-    requires = frozenset({"index", "contrast_idx"})
+    #: the paper's space (Section 3.3): both weights, the temperature, d, N and the layer mapping
+    search_space = {
+        "alpha1": uniform(0.0, 1.0),
+        "alpha2": uniform(0.0, 1.0),
+        "tau": log_uniform(0.03, 0.3),
+        "feat_dim": categorical(16, 32, 64, 128, 256),
+        "nce_k": categorical(4096, 8192, 16384),
+        "mapping": categorical(*MAPPINGS),
+    }
+    #: the paper text's weights (Section 3.1); the released code runs alpha1 = 0.1, alpha2 = 0.8
+    presets = {"cktf-paper": {"alpha1": 0.8, "alpha2": 0.2}}
+    leads_combinations = True  # "CKTF + X" for every baseline X (Tables 1 and 2)
+    joins_combinations = False
 
     def __init__(self, cfg: CKTFConfig, student: DistillModel, teacher: DistillModel | None, ctx: DistillContext):
         super().__init__(cfg, student, teacher, ctx)
@@ -253,9 +279,6 @@ class CKTF(LossTerm):
     @property
     def last_choices(self) -> tuple[int, ...]:
         return tuple(int(j) for j in self._choices)
-
-    def contrast_negatives(self) -> int:
-        return self.cfg.nce_k
 
     @classmethod
     def combo_defaults(cls, partner: str, image_size: int) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Contrastive Representation Distillation (Tian, Krishnan & Isola, ICLR 2020): the CRD baseline and its critic.
 
-RepDistiller ``crd/criterion.py`` ``CRDLoss`` (``--distill crd``), spec ``cktf-algorithm.md`` sections 1, 2 and 4.
+RepDistiller ``crd/criterion.py`` ``CRDLoss`` (``--distill crd``); docs/algorithm.md §2, §3 and §7.
 One critic (:class:`ContrastModule`) is a student head ``embed_s``, a teacher head ``embed_t`` (both trained) and one
 two-bank :class:`~cktf.losses.ContrastMemory` with its own one-shot ``Z``; its loss is the two-sided binary NCE
 ``nce(p_s) + nce(p_t)`` of :func:`~cktf.losses.crd_pair_loss` (not InfoNCE), scored against memory entries picked by
@@ -14,17 +14,22 @@ Objective of the baseline (RepDistiller ``-r 1 -a 0 -b 0.8``): ``gamma * CE + be
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import model_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..losses import SCORINGS, ContrastMemory, Embed, MLPEmbed, crd_pair_loss
+from ..losses import ContrastMemory, Embed, MLPEmbed, PadEmbed, crd_pair_loss
 from ..models import DistillModel, DistillOutput
-from ._base import DISTILLERS, DistillContext, LossTerm, TermConfig
+from ..space import categorical, log_uniform, uniform
+from ._base import LOSS_TERMS, DistillContext, LossTerm, TermConfig, Weight
 
-HEADS: dict[str, type[nn.Module]] = {"linear": Embed, "mlp": MLPEmbed}
+#: embedding heads of a critic: ``linear`` (every released script), ``mlp`` and ``pad`` (CKTF ``--head mlp|pad``)
+HEADS: dict[str, type[nn.Module]] = {"linear": Embed, "mlp": MLPEmbed, "pad": PadEmbed}
+#: how a critic's memory scores: ``fused`` (default) or ``gather`` (the official op order; the reference)
+Scoring = Literal["fused", "gather"]
 
 
 class ContrastModule(nn.Module):
@@ -39,8 +44,8 @@ class ContrastModule(nn.Module):
         feat_dim: embedding size ``d`` (128).
         n_data: number of training samples (bank rows; ``Pn = 1/n_data`` in the NCE loss).
         nce_m: bank momentum (0.5).
-        head: ``"linear"`` (``Embed``, every released script) or ``"mlp"`` (CKTF ``--head mlp``).
-        scoring: how :class:`ContrastMemory` scores and differentiates (:data:`~cktf.losses.SCORINGS`).
+        head: ``"linear"`` (``Embed``, every released script), ``"mlp"`` or ``"pad"`` (CKTF ``--head mlp|pad``).
+        scoring: how :class:`ContrastMemory` scores and differentiates (``fused`` or ``gather``).
     """
 
     def __init__(
@@ -82,51 +87,54 @@ def check_contrast_batch(batch: Mapping[str, Tensor], nce_k: int) -> tuple[Tenso
     return index, contrast_idx
 
 
-@dataclass
 class CRDConfig(TermConfig):
-    """RepDistiller's CRD row (``-r 1 -a 0 -b 0.8``, ``nce_t`` 0.07, K 16384, m 0.5, d 128; spec section 4).
+    """RepDistiller's CRD row (``-r 1 -a 0 -b 0.8``, ``nce_t`` 0.07, K 16384, m 0.5, d 128; docs/algorithm.md §7).
 
-    ``scoring`` (:data:`~cktf.losses.SCORINGS`, same loss and gradients up to fp32 summation order, tested):
-    ``fused`` (default) computes the NCE and its closed-form gradient in one pass and keeps only a ``[B, d]`` tensor
-    per side for backward; ``gather`` is the official op order, which keeps the two ``[B, K+1, d]`` fp32 gathers per
-    critic for autograd (``2 x 64 x 16385 x 128 x 4`` bytes = 1.07 GB per critic at B = 64, K = 16384, d = 128);
-    ``low_memory`` re-gathers them in backward instead; ``dense`` scores by one ``[B, N_data]`` matmul per bank
-    through autograd. ``benchmarks/contrast_memory.py`` measures time and peak memory of each side by side.
+    ``scoring`` (same loss and gradients up to fp32 summation order, tested): ``fused`` (default) computes the NCE
+    and its closed-form gradient in one pass and keeps only a ``[B, d]`` tensor per side for backward; ``gather``
+    is the official op order, which keeps the two ``[B, K+1, d]`` fp32 gathers per critic for autograd
+    (``2 x 64 x 16385 x 128 x 4`` bytes = 1.07 GB per critic at B = 64, K = 16384, d = 128), kept as the reference
+    the tests compare with. ``benchmarks/contrast_memory.py`` measures both side by side.
     """
 
-    gamma: float = 1.0  # CE weight (-r)
-    beta: float = 0.8  # CRD weight (-b)
-    tau: float = 0.07  # NCE temperature (RepDistiller's default nce_t, also Tiny-ImageNet's --nce_t 0.07)
-    feat_dim: int = 128  # embedding size d
-    nce_k: int = 16384  # negatives per anchor K
-    nce_m: float = 0.5  # memory momentum
-    scoring: str = "fused"  # fused | gather (official op order) | low_memory | dense: same loss (class docstring)
+    gamma: Weight = 1.0
+    """CE weight (-r)"""
+    beta: Weight = 0.8
+    """CRD weight (-b)"""
+    tau: float = 0.07
+    """NCE temperature (RepDistiller's default nce_t, also Tiny-ImageNet's --nce_t 0.07)"""
+    feat_dim: int = 128
+    """embedding size d"""
+    nce_k: int = 16384
+    """negatives per anchor K"""
+    nce_m: float = 0.5
+    """memory momentum"""
+    scoring: Scoring = "fused"
+    """fused | gather (the official op order): the same loss (class docstring)"""
 
-    def validate(self, prefix: str = "distill") -> None:
-        super().validate(prefix)
-        validate_contrast_fields(self, prefix)
+    @model_validator(mode="after")
+    def _check_crdconfig(self) -> CRDConfig:
+        validate_contrast_fields(self)
+        return self
+
+    def negatives(self) -> int:
+        return self.nce_k
 
 
-def validate_contrast_fields(cfg: TermConfig, prefix: str) -> None:
+def validate_contrast_fields(cfg: TermConfig) -> None:
     """Bounds of the fields CRD and CKTF share (``tau`` may be ``None`` for CKTF: resolved from the image size)."""
     tau = getattr(cfg, "tau", None)
     if tau is not None and not tau > 0:
-        raise ConfigError(f"{prefix}.tau", f"must be > 0, got {tau}", "e.g. 0.07 or 0.1")
+        raise ConfigError("tau", f"must be > 0, got {tau}", "e.g. 0.07 or 0.1")
     if cfg.feat_dim < 1:
-        raise ConfigError(f"{prefix}.feat_dim", f"must be >= 1, got {cfg.feat_dim}", "e.g. 128")
+        raise ConfigError("feat_dim", f"must be >= 1, got {cfg.feat_dim}", "e.g. 128")
     if cfg.nce_k < 1:
-        raise ConfigError(f"{prefix}.nce_k", f"must be >= 1, got {cfg.nce_k}", "e.g. 16384")
+        raise ConfigError("nce_k", f"must be >= 1, got {cfg.nce_k}", "e.g. 16384")
     if not 0 <= cfg.nce_m < 1:
-        raise ConfigError(f"{prefix}.nce_m", f"must be in [0, 1), got {cfg.nce_m}", "e.g. 0.5")
-    if cfg.scoring not in SCORINGS:
-        raise ConfigError(
-            f"{prefix}.scoring",
-            f"unknown scoring {cfg.scoring!r}",
-            f"use one of {', '.join(SCORINGS)} (fused is fastest)",
-        )
+        raise ConfigError("nce_m", f"must be in [0, 1), got {cfg.nce_m}", "e.g. 0.5")
 
 
-@DISTILLERS.register("crd", summary="CRD: two-sided binary-NCE critic with memory banks on the penultimate features")
+@LOSS_TERMS.register("crd", summary="CRD: two-sided binary-NCE critic with memory banks on the penultimate features")
 class CRD(LossTerm):
     """Contrastive Representation Distillation on the penultimate features: ``beta * (nce(p_s) + nce(p_t))``.
 
@@ -135,7 +143,16 @@ class CRD(LossTerm):
     """
 
     config_cls = CRDConfig
-    requires = frozenset({"index", "contrast_idx"})
+    #: one weight, the temperature, d and N (no layer mapping)
+    search_space = {
+        "beta": uniform(0.0, 2.0),
+        "tau": log_uniform(0.03, 0.3),
+        "feat_dim": categorical(32, 64, 128, 256),
+        "nce_k": categorical(4096, 8192, 16384),
+    }
+    leads_combinations = True  # CRD + KD (Table 1)
+    joins_combinations = False
+    listed_partners = frozenset({"kd"})
 
     def __init__(self, cfg: CRDConfig, student: DistillModel, teacher: DistillModel | None, ctx: DistillContext):
         super().__init__(cfg, student, teacher, ctx)
@@ -150,9 +167,6 @@ class CRD(LossTerm):
             "linear",
             cfg.scoring,
         )
-
-    def contrast_negatives(self) -> int:
-        return self.cfg.nce_k
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None

@@ -1,36 +1,39 @@
 """FitNets: Hints for Thin Deep Nets (Romero et al., ICLR 2015).
 
 RepDistiller ``distiller_zoo/FitNet.py`` (``HintLoss``), ``models/util.py`` (``ConvReg``) and the ``hint`` branches of
-``train_student.py`` / ``helper/loops.py``. One stage, as RepDistiller (no hint pre-training, spec section 7).
+``train_student.py`` / ``helper/loops.py``. One stage, as RepDistiller (no hint pre-training, docs/algorithm.md §7).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses import hint_loss
 from ..models import DistillModel, DistillOutput
-from ._base import DISTILLERS, DistillContext, LossTerm, TermConfig
+from ..space import log_uniform
+from ._base import LOSS_TERMS, DistillContext, LossTerm, TermConfig, Weight
 from .adapters import ConvReg
 
 
-@dataclass
 class FitNetConfig(TermConfig):
     """RepDistiller ``scripts/run_cifar_distill.sh``: ``--distill hint -a 0 -b 100``."""
 
-    beta: float = 100.0  # hint loss weight (-b)
-    hint_layer: int = 2  # index into feats = [stem, stage1, ...] (--hint_layer 2: RepDistiller's feat[2], stage 2)
+    beta: Weight = 100.0
+    """hint loss weight (-b)"""
+    hint_layer: int = 2
+    """index into feats = [stem, stage1, ...] (--hint_layer 2: RepDistiller's feat[2], stage 2)"""
 
 
-@DISTILLERS.register("fitnet", summary="FitNet: ConvReg(student stage 2) -> MSE to teacher stage 2")
+@LOSS_TERMS.register("fitnet", summary="FitNet: ConvReg(student stage 2) -> MSE to teacher stage 2")
 class FitNet(LossTerm):
     """FitNets: Hints for Thin Deep Nets. A trained ConvReg maps the student's hint layer onto the teacher's."""
 
     config_cls = FitNetConfig
+    #: a decade either side of the official weight (100)
+    search_space = {"beta": log_uniform(10.0, 1000.0)}
 
     def __init__(self, cfg: FitNetConfig, student: DistillModel, teacher: DistillModel, ctx: DistillContext):
         super().__init__(cfg, student, teacher, ctx)

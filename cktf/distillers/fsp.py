@@ -12,7 +12,6 @@ teacher channel counts ("N/A" in the paper's tables, e.g. WRN-40-2 -> WRN-40-1).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -20,26 +19,29 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..losses import fsp_loss
 from ..models import DistillModel, DistillOutput
-from ._base import DISTILLERS, DistillContext, InitStage, LossTerm
-from .adapters import InitStageConfig, feature_modules, official_init_lr
+from ..space import categorical, log_uniform
+from ._base import LOSS_TERMS, DistillContext, InitStage, LossTerm, Weight
+from .adapters import InitStageConfig, feature_modules
 
 
-@dataclass
 class FSPConfig(InitStageConfig):
     """RepDistiller ``--distill fsp``: 30 init epochs at the main lr (0.05), then CE only."""
 
-    beta: float = 0.0  # main-stage FSP weight: 0 = official (loss_kd = 0 in train_distill; -b 50 has no effect)
+    beta: Weight = 0.0
+    """main-stage FSP weight: 0 = official (loss_kd = 0 in train_distill; -b 50 has no effect)"""
 
 
 def _label(model: DistillModel) -> str:
     return f"{type(model).__name__}[{'/'.join(str(fi.num_chs) for fi in model.feature_info)}]"
 
 
-@DISTILLERS.register("fsp", summary="FSP: init stage matching flow (FSP) matrices of consecutive layers, then CE")
+@LOSS_TERMS.register("fsp", summary="FSP: init stage matching flow (FSP) matrices of consecutive layers, then CE")
 class FSP(LossTerm):
     """A Gift from Knowledge Distillation: match the flow-of-solution-procedure matrices between layers."""
 
     config_cls = FSPConfig
+    #: the init stage's length and the learning rate (the main stage is CE only, as upstream)
+    search_space = {"init_epochs": categorical(10, 20, 30), "optim.lr": log_uniform(0.01, 0.1)}
 
     def __init__(self, cfg: FSPConfig, student: DistillModel, teacher: DistillModel, ctx: DistillContext):
         super().__init__(cfg, student, teacher, ctx)
@@ -55,7 +57,7 @@ class FSP(LossTerm):
                     "(N/A in the paper's tables)",
                     "use another method or a teacher of the same width",
                 )
-        self.init_lr = cfg.init_lr or official_init_lr(student, "fsp")
+        self.init_lr = cfg.init_lr or None  # None: the main stage's optim.lr (RepDistiller opt.learning_rate)
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None

@@ -10,37 +10,52 @@ paraphraser is trained for 30 epochs as an MSE autoencoder of the teacher's last
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses import ft_factor_loss
 from ..models import DistillModel, DistillOutput
-from ._base import DISTILLERS, DistillContext, InitStage, LossTerm
-from .adapters import InitStageConfig, Paraphraser, Translator, official_init_lr
+from ..space import categorical, log_uniform
+from ._base import LOSS_TERMS, DistillContext, InitStage, LossTerm, Weight
+from .adapters import InitStageConfig, Paraphraser, Translator
 
 
-@dataclass
 class FTConfig(InitStageConfig):
     """RepDistiller ``--distill factor -a 0 -b 200``; init lr 0.01 for CIFAR ResNet/WRN students (pretrain.py)."""
 
-    beta: float = 200.0  # factor-transfer weight (-b)
-    rate: float = 0.5  # paraphrase rate k: factor channels = k * teacher channels (Paraphraser/Translator k=0.5)
+    beta: Weight = 200.0
+    """factor-transfer weight (-b)"""
+    rate: float = 0.5
+    """paraphrase rate k: factor channels = k * teacher channels (Paraphraser/Translator k=0.5)"""
 
-    def validate(self, prefix: str = "distill") -> None:
-        super().validate(prefix)
+    @model_validator(mode="after")
+    def _check_ftconfig(self) -> FTConfig:
         if not 0 < self.rate <= 1:
-            raise ConfigError(f"{prefix}.rate", f"must be in (0, 1], got {self.rate}", "e.g. 0.5")
+            raise ConfigError("rate", f"must be in (0, 1], got {self.rate}", "e.g. 0.5")
+        return self
 
 
-@DISTILLERS.register("ft", summary="FT: init stage trains a teacher paraphraser, then L1 between factors")
+def official_init_lr(student: DistillModel) -> float | None:
+    """The init-stage learning rate of RepDistiller ``helper/pretrain.py`` for FT: 0.01 with a CIFAR ResNet / WRN
+    student; otherwise ``opt.learning_rate``, i.e. the main stage's (``None`` here: the trainer uses ``optim.lr``;
+    the official scripts run 0.01 for MobileNetV2 / ShuffleNet students, which their studies set explicitly)."""
+    from ..models.resnet_cifar import CifarResNet
+    from ..models.wrn import WideResNet
+
+    return 0.01 if isinstance(student, (CifarResNet, WideResNet)) else None
+
+
+@LOSS_TERMS.register("ft", summary="FT: init stage trains a teacher paraphraser, then L1 between factors")
 class FT(LossTerm):
     """Paraphrasing Complex Network: Network Compression via Factor Transfer."""
 
     config_cls = FTConfig
+    #: a decade either side of the official weight (200), and the init stage's length
+    search_space = {"beta": log_uniform(20.0, 2000.0), "init_epochs": categorical(10, 20, 30)}
 
     def __init__(self, cfg: FTConfig, student: DistillModel, teacher: DistillModel, ctx: DistillContext):
         super().__init__(cfg, student, teacher, ctx)
@@ -50,7 +65,7 @@ class FT(LossTerm):
         self.paraphraser = Paraphraser(t_c, cfg.rate)
         self.translator = Translator(s_c, t_c, cfg.rate)
         self.paraphraser.requires_grad_(False)  # trained only inside the init stage (not in trainable_list)
-        self.init_lr = cfg.init_lr or official_init_lr(student, "ft")
+        self.init_lr = cfg.init_lr or official_init_lr(student)
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch.nn.functional as F
+from pydantic import model_validator
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..models import DistillOutput
-from ._base import DISTILLERS, LossTerm, TermConfig
+from ..space import log_uniform, uniform
+from ._base import LOSS_TERMS, LossTerm, TermConfig, Weight
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -24,25 +25,30 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return F.kl_div(log_p_s, p_t, reduction="sum") * temperature**2 / student_logits.shape[0]
 
 
-@dataclass
 class KDConfig(TermConfig):
-    """RepDistiller's KD row: ``-r 0.1 -a 0.9 -b 0``, T = 4 (spec section 4)."""
+    """RepDistiller's KD row: ``-r 0.1 -a 0.9 -b 0``, T = 4 (docs/algorithm.md §7)."""
 
-    gamma: float = 0.1  # CE weight (-r)
-    alpha: float = 0.9  # KD weight (-a)
-    temperature: float = 4.0  # softmax temperature T
+    gamma: Weight = 0.1
+    """CE weight (-r)"""
+    alpha: Weight = 0.9
+    """KD weight (-a)"""
+    temperature: float = 4.0
+    """softmax temperature T"""
 
-    def validate(self, prefix: str = "distill") -> None:
-        super().validate(prefix)
+    @model_validator(mode="after")
+    def _check_kdconfig(self) -> KDConfig:
         if self.temperature <= 0:
-            raise ConfigError(f"{prefix}.temperature", f"must be > 0, got {self.temperature}", "e.g. 4")
+            raise ConfigError("temperature", f"must be > 0, got {self.temperature}", "e.g. 4")
+        return self
 
 
-@DISTILLERS.register("kd", summary="Hinton KD: KL between softened logits (T=4)")
+@LOSS_TERMS.register("kd", summary="Hinton KD: KL between softened logits (T=4)")
 class KD(LossTerm):
     """Distilling the Knowledge in a Neural Network: soft-target KL on the logits."""
 
     config_cls = KDConfig
+    #: the KD weight and the temperature around the official 0.9 and 4
+    search_space = {"alpha": uniform(0.0, 2.0), "temperature": log_uniform(1.0, 8.0)}
     needs_features = False
 
     @classmethod

@@ -7,23 +7,23 @@ MMD on every stage output (``feat[1:-1]``, our ``feats[1:]``), summed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from torch import Tensor
 
 from ..losses import nst_loss
 from ..models import DistillOutput
-from ._base import DISTILLERS, LossTerm, TermConfig
+from ..space import log_uniform
+from ._base import LOSS_TERMS, LossTerm, TermConfig, Weight
 
 
-@dataclass
 class NSTConfig(TermConfig):
     """RepDistiller ``scripts/run_cifar_distill.sh``: ``--distill nst -a 0 -b 50``."""
 
-    beta: float = 50.0  # NST (MMD) weight (-b)
+    beta: Weight = 50.0
+    """NST (MMD) weight (-b)"""
 
 
-@DISTILLERS.register("nst", summary="NST: polynomial-kernel MMD of channel activations, every stage")
+@LOSS_TERMS.register("nst", summary="NST: polynomial-kernel MMD of channel activations, every stage")
 class NST(LossTerm):
     """Neuron Selectivity Transfer: match the distributions of channel activation maps of every stage.
 
@@ -31,6 +31,8 @@ class NST(LossTerm):
     """
 
     config_cls = NSTConfig
+    #: a decade either side of the official weight (50)
+    search_space = {"beta": log_uniform(5.0, 500.0)}
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None

@@ -7,27 +7,29 @@ cosine-kernel conditional probabilities of the pooled features (``feat[-1]``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from torch import Tensor
 
 from ..losses import pkt_loss
 from ..models import DistillOutput
-from ._base import DISTILLERS, LossTerm, TermConfig
+from ..space import log_uniform
+from ._base import LOSS_TERMS, LossTerm, TermConfig, Weight
 
 
-@dataclass
 class PKTConfig(TermConfig):
     """RepDistiller ``scripts/run_cifar_distill.sh``: ``--distill pkt -a 0 -b 30000``."""
 
-    beta: float = 30000.0  # PKT weight (-b)
+    beta: Weight = 30000.0
+    """PKT weight (-b)"""
 
 
-@DISTILLERS.register("pkt", summary="PKT: KL between cosine-kernel sample distributions of the pooled features")
+@LOSS_TERMS.register("pkt", summary="PKT: KL between cosine-kernel sample distributions of the pooled features")
 class PKT(LossTerm):
     """Probabilistic Knowledge Transfer: match the batch's cosine-similarity distributions of the pooled features."""
 
     config_cls = PKTConfig
+    #: a decade either side of the official weight (30000)
+    search_space = {"beta": log_uniform(3000.0, 300000.0)}
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None

@@ -7,29 +7,33 @@ distance and angle relations of the pooled features (``feat[-1]``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from torch import Tensor
 
 from ..losses import rkd_loss
 from ..models import DistillOutput
-from ._base import DISTILLERS, LossTerm, TermConfig
+from ..space import log_uniform
+from ._base import LOSS_TERMS, LossTerm, TermConfig, Weight
 
 
-@dataclass
 class RKDConfig(TermConfig):
     """RepDistiller ``scripts/run_cifar_distill.sh``: ``--distill rkd -a 0 -b 1``; ``RKDLoss`` defaults."""
 
-    beta: float = 1.0  # RKD weight (-b)
-    w_d: float = 25.0  # distance-wise term weight (RKDLoss w_d)
-    w_a: float = 50.0  # angle-wise term weight (RKDLoss w_a)
+    beta: Weight = 1.0
+    """RKD weight (-b)"""
+    w_d: Weight = 25.0
+    """distance-wise term weight (RKDLoss w_d)"""
+    w_a: Weight = 50.0
+    """angle-wise term weight (RKDLoss w_a)"""
 
 
-@DISTILLERS.register("rkd", summary="RKD: distance + angle relations of the pooled features")
+@LOSS_TERMS.register("rkd", summary="RKD: distance + angle relations of the pooled features")
 class RKD(LossTerm):
     """Relational Knowledge Distillation: pairwise distances and triplet angles of the pooled features."""
 
     config_cls = RKDConfig
+    #: a decade either side of the official weight (1)
+    search_space = {"beta": log_uniform(0.1, 10.0)}
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None

@@ -7,27 +7,29 @@ stage output only (``feat[-2]``, our ``feats[-1]``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from torch import Tensor
 
 from ..losses import sp_loss
 from ..models import DistillOutput
-from ._base import DISTILLERS, LossTerm, TermConfig
+from ..space import log_uniform
+from ._base import LOSS_TERMS, LossTerm, TermConfig, Weight
 
 
-@dataclass
 class SPConfig(TermConfig):
     """RepDistiller ``scripts/run_cifar_distill.sh``: ``--distill similarity -a 0 -b 3000``."""
 
-    beta: float = 3000.0  # similarity-preserving loss weight (-b)
+    beta: Weight = 3000.0
+    """similarity-preserving loss weight (-b)"""
 
 
-@DISTILLERS.register("sp", summary="SP: batch Gram matrices of the last stage")
+@LOSS_TERMS.register("sp", summary="SP: batch Gram matrices of the last stage")
 class SP(LossTerm):
     """Similarity-Preserving Knowledge Distillation: match the batch similarity (Gram) matrices of the last stage."""
 
     config_cls = SPConfig
+    #: a decade either side of the official weight (3000)
+    search_space = {"beta": log_uniform(300.0, 30000.0)}
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None

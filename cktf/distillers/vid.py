@@ -8,39 +8,45 @@ RepDistiller ``distiller_zoo/VID.py`` (``VIDLoss``, the author's code) and the `
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from pydantic import model_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses import match_spatial, vid_loss
 from ..models import DistillModel, DistillOutput
-from ._base import DISTILLERS, DistillContext, LossTerm, TermConfig
+from ..space import log_uniform
+from ._base import LOSS_TERMS, DistillContext, LossTerm, TermConfig, Weight
 from .adapters import VIDRegressor
 
 
-@dataclass
 class VIDConfig(TermConfig):
     """RepDistiller ``scripts/run_cifar_distill.sh``: ``--distill vid -a 0 -b 1``; ``VIDLoss`` defaults."""
 
-    beta: float = 1.0  # VID weight (-b)
-    init_pred_var: float = 5.0  # initial predicted variance softplus(log_scale) + eps (VIDLoss init_pred_var)
-    eps: float = 1e-5  # variance floor (VIDLoss eps)
+    beta: Weight = 1.0
+    """VID weight (-b)"""
+    init_pred_var: float = 5.0
+    """initial predicted variance softplus(log_scale) + eps (VIDLoss init_pred_var)"""
+    eps: float = 1e-5
+    """variance floor (VIDLoss eps)"""
 
-    def validate(self, prefix: str = "distill") -> None:
-        super().validate(prefix)
+    @model_validator(mode="after")
+    def _check_vidconfig(self) -> VIDConfig:
         for name in ("init_pred_var", "eps"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{prefix}.{name}", f"must be > 0, got {getattr(self, name)}")
+                raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
         if self.init_pred_var <= self.eps:
-            raise ConfigError(f"{prefix}.init_pred_var", "must be larger than eps", "e.g. 5.0")
+            raise ConfigError("init_pred_var", "must be larger than eps", "e.g. 5.0")
+        return self
 
 
-@DISTILLERS.register("vid", summary="VID: Gaussian NLL of teacher stages given student stages (learned variance)")
+@LOSS_TERMS.register("vid", summary="VID: Gaussian NLL of teacher stages given student stages (learned variance)")
 class VID(LossTerm):
     """Variational Information Distillation: a 1x1-conv regressor per stage predicts the teacher map's mean."""
 
     config_cls = VIDConfig
+    #: a decade either side of the official weight (1)
+    search_space = {"beta": log_uniform(0.1, 10.0)}
 
     def __init__(self, cfg: VIDConfig, student: DistillModel, teacher: DistillModel, ctx: DistillContext):
         super().__init__(cfg, student, teacher, ctx)

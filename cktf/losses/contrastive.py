@@ -2,7 +2,7 @@
 
 Contrastive Representation Distillation (Tian, Krishnan & Isola, ICLR 2020), as RepDistiller runs it
 (``crd/memory.py`` ``ContrastMemory``, ``crd/criterion.py`` ``ContrastLoss``, "Eq. (18)"); CKTF uses the same
-files unchanged. Spec: ``cktf-algorithm.md`` section 1.
+files unchanged (docs/algorithm.md §2).
 
 Naming vs official:
 
@@ -20,12 +20,10 @@ The positive (column 0 of ``contrast_idx``) is a *memory entry*, the other side'
 that sample was seen, not the current one; scoring happens before the momentum update, which uses the true sample
 index. Everything here runs in fp32 with autocast off (``exp(1/T)`` overflows fp16).
 
-Scoring paths (:data:`SCORINGS`; all give the same loss and gradients up to fp32 summation order, tested):
+Scoring paths (:data:`SCORINGS`; both give the same loss and gradients up to fp32 summation order, tested):
 
 * ``gather``: the official op order, ``bmm(bank[idx], z)`` through autograd (keeps the ``[B, K+1, d]`` gather per bank
-  for backward: 1.07 GB per critic at B=64, K=16384, d=128).
-* ``low_memory``: the same products, re-gathered chunk by chunk in backward instead of kept.
-* ``dense``: one ``[B, N_data]`` matmul per bank, then a gather of the ``K+1`` columns, through autograd.
+  for backward: 1.07 GB per critic at B=64, K=16384, d=128). It is the reference the fused path is tested against.
 * ``fused`` (what the distillers use by default): :func:`fused_nce` computes the binary NCE *and its exact gradient
   with respect to the anchor* in one no-grad pass (the gradient of Eq. 18 is closed-form: ``dL/ds_k = (r_k - [k=0]) /
   (B T)`` with ``r = P / (P + K Pn + eps)``), scoring by the dense matmul or by a chunked gather, whichever reads less
@@ -39,49 +37,11 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from .nce_fused import NCE_EPS, fused_nce, gather_rows, row_chunks
+from .nce_fused import NCE_EPS, fused_nce, gather_rows
 
 #: how a :class:`ContrastMemory` computes the scores (see the module docstring)
-SCORINGS = ("fused", "gather", "low_memory", "dense")
-#: the autograd paths, which return the normalised scores themselves (:meth:`ContrastMemory.score`)
-AUTOGRAD_SCORINGS = ("gather", "low_memory", "dense")
-
-
-class _BankScore(torch.autograd.Function):
-    """``out[b, k] = bank[idx[b, k]] . z[b]`` without keeping the gathered ``[B, K+1, d]`` block for backward.
-
-    Forward and backward both re-gather ``chunk_rows`` batch rows at a time and use the same ``bmm`` products as
-    the naive path (autograd's ``bmm`` backward is ``W^T @ grad``), so loss and gradient match it to fp32 rounding
-    (in practice bit for bit). Only ``bank`` (a reference, no copy) and ``idx`` are saved; ``bank`` goes through
-    ``save_for_backward`` so an in-place change before backward raises instead of giving wrong gradients -- hence
-    ``ContrastMemory.update`` writes a new bank tensor while a low-memory graph holds the old one.
-    """
-
-    @staticmethod
-    def forward(ctx, z: Tensor, bank: Tensor, idx: Tensor, chunk_rows: int) -> Tensor:  # type: ignore[override]
-        out = z.new_empty(idx.shape)
-        for rows in row_chunks(idx.shape[0], chunk_rows):
-            w = gather_rows(bank, idx[rows])
-            out[rows] = torch.bmm(w, z[rows].unsqueeze(2)).squeeze(2)
-            del w  # one chunk alive at a time
-        ctx.save_for_backward(bank, idx)
-        ctx.chunk_rows = chunk_rows
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        bank, idx = ctx.saved_tensors
-        grad_z = None
-        if ctx.needs_input_grad[0]:
-            grad_z = grad_out.new_empty(idx.shape[0], bank.shape[1])
-            for rows in row_chunks(idx.shape[0], ctx.chunk_rows):
-                w = gather_rows(bank, idx[rows])
-                grad_z[rows] = w.transpose(1, 2).bmm(grad_out[rows].unsqueeze(2)).squeeze(2)
-                del w
-        return grad_z, None, None, None
+SCORINGS = ("fused", "gather")
 
 
 class ContrastMemory(nn.Module):
@@ -91,13 +51,10 @@ class ContrastMemory(nn.Module):
         feat_dim: embedding size ``d`` (128 in CRD/CKTF).
         n_data: number of training samples ``N_data`` (bank rows).
         momentum: bank momentum ``m`` (0.5).
-        scoring: default path of :meth:`nce` (one of :data:`SCORINGS`, module docstring). ``gather`` is the
-            official op order; ``low_memory`` re-gathers bank rows in backward instead of keeping the ``[B, K+1, d]``
-            gather per bank (~1.07 GB per module at B=64, K=16384, d=128); ``dense`` scores each anchor against the
-            *whole* other bank with one matmul (``z @ W.T``, ``[B, N_data]``) and gathers the ``K+1`` columns;
-            ``fused`` computes loss and gradient in one pass (:func:`fused_nce`).
-        chunk_elems: largest transient gather of the ``low_memory`` and fused-gather paths, in elements
-            (``2**24`` = 64 MiB fp32).
+        scoring: default path of :meth:`nce` (one of :data:`SCORINGS`, module docstring): ``gather`` is the
+            official op order, ``fused`` computes loss and gradient in one pass (:func:`fused_nce`).
+        chunk_elems: largest transient gather of the fused path's gather mode, in elements (``2**24`` = 64 MiB
+            fp32).
         generator: RNG for the bank initialisation ``U(-s, s)``, ``s = 1/sqrt(d/3)``; the student bank is drawn
             first, as upstream draws ``memory_v1`` first.
     """
@@ -120,7 +77,6 @@ class ContrastMemory(nn.Module):
             self.register_buffer(name, torch.rand(n_data, feat_dim, generator=generator).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
-        self._bank_in_graph = False  # an autograd graph holds the current banks: update must not write in place
         self._workspace: Tensor | None = None  # the fused dense path's [B, N_data] buffer, reused across steps
 
     @property
@@ -131,18 +87,9 @@ class ContrastMemory(nn.Module):
     def feat_dim(self) -> int:
         return self.memory_s.shape[1]
 
-    def _bank_scores(self, bank: Tensor, z: Tensor, idx: Tensor, scoring: str) -> Tensor:
-        """``bank[idx[b, k]] . z[b]`` as ``[B, K+1]``; the gathered rows are detached (banks get no gradient)."""
-        if scoring == "dense":
-            if torch.is_grad_enabled() and z.requires_grad:
-                self._bank_in_graph = True  # mm saves the bank for backward: update must not write in place
-            return torch.mm(z, bank.detach().t()).gather(1, idx)
-        if scoring == "gather":
-            return torch.bmm(gather_rows(bank, idx).detach(), z.unsqueeze(2)).squeeze(2)
-        if torch.is_grad_enabled() and z.requires_grad:
-            self._bank_in_graph = True
-        chunk_rows = max(1, self.chunk_elems // (idx.shape[1] * bank.shape[1]))
-        return _BankScore.apply(z, bank.detach(), idx, chunk_rows)
+    def _bank_scores(self, bank: Tensor, z: Tensor, idx: Tensor) -> Tensor:
+        """``bank[idx[b, k]] . z[b]`` as ``[B, K+1]`` (the official gather order); the gathered rows are detached."""
+        return torch.bmm(gather_rows(bank, idx).detach(), z.unsqueeze(2)).squeeze(2)
 
     def score(
         self,
@@ -150,22 +97,20 @@ class ContrastMemory(nn.Module):
         z_t_anchor: Tensor,
         contrast_idx: Tensor,
         temperature: float,
-        scoring: str | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Score both anchors against the *other* side's bank: ``(p_s, p_t)``, each ``[B, K+1]``, through autograd.
 
         ``p_s = exp(W_t[idx] . z_s / T) / Z_s`` (student anchor vs teacher bank),
         ``p_t = exp(W_s[idx] . z_t / T) / Z_t`` (teacher anchor vs student bank). Column 0 of ``contrast_idx``
         is the positive. On the first call each ``Z`` is set to ``mean(exp-scores) * N_data`` and then frozen.
-        Does not touch the banks; call ``update`` afterwards. ``scoring``: one of :data:`AUTOGRAD_SCORINGS`
-        (default: the memory's own, or ``gather`` when that is ``fused``, which never materialises ``p``).
+        Does not touch the banks; call ``update`` afterwards. This is the ``gather`` path (the fused one never
+        materialises ``p``).
         """
         self._check(contrast_idx)
-        scoring = self._autograd_scoring(scoring)
         with torch.autocast(device_type=z_s_anchor.device.type, enabled=False):
             z_s, z_t = z_s_anchor.float(), z_t_anchor.float()
-            out_s = torch.exp(self._bank_scores(self.memory_t, z_s, contrast_idx, scoring) / temperature)
-            out_t = torch.exp(self._bank_scores(self.memory_s, z_t, contrast_idx, scoring) / temperature)
+            out_s = torch.exp(self._bank_scores(self.memory_t, z_s, contrast_idx) / temperature)
+            out_t = torch.exp(self._bank_scores(self.memory_s, z_t, contrast_idx) / temperature)
             return out_s / self._normaliser(self.z_s, out_s), out_t / self._normaliser(self.z_t, out_t)
 
     def nce(
@@ -181,8 +126,8 @@ class ContrastMemory(nn.Module):
         memory's). ``n_data`` is the ``N`` of ``Pn = 1/N`` (default: the bank size). Does not touch the banks."""
         scoring = self.scoring if scoring is None else check_scoring(scoring)
         n = self.n_data if n_data is None else int(n_data)
-        if scoring != "fused":
-            p_s, p_t = self.score(z_s_anchor, z_t_anchor, contrast_idx, temperature, scoring=scoring)
+        if scoring == "gather":
+            p_s, p_t = self.score(z_s_anchor, z_t_anchor, contrast_idx, temperature)
             return nce_loss(p_s, n) + nce_loss(p_t, n)
         self._check(contrast_idx)
         with torch.autocast(device_type=z_s_anchor.device.type, enabled=False):
@@ -205,13 +150,6 @@ class ContrastMemory(nn.Module):
         if self.memory_s.dtype != torch.float32 or self.z_s.dtype != torch.float32:
             raise TypeError("ContrastMemory must stay fp32 (exp(1/T) and Z ~ 1e5 overflow fp16); do not .half() it")
 
-    def _autograd_scoring(self, scoring: str | None) -> str:
-        if scoring is None:
-            return self.scoring if self.scoring in AUTOGRAD_SCORINGS else "gather"
-        if scoring not in AUTOGRAD_SCORINGS:
-            raise ValueError(f"score() takes one of {AUTOGRAD_SCORINGS}, got {scoring!r} (fused: use nce())")
-        return scoring
-
     def _normaliser(self, z_buf: Tensor, out: Tensor) -> Tensor:
         """Set ``Z`` once (``mean(out) * N_data``) without a host sync; return it as a fresh (unsaved) tensor."""
         with torch.no_grad():
@@ -223,20 +161,14 @@ class ContrastMemory(nn.Module):
     def update(self, z_s: Tensor, z_t: Tensor, index: Tensor) -> None:
         """Momentum update of the rows at the true sample ``index``: ``W[y] = l2(m W[y] + (1-m) z)``, both banks.
 
-        In place (``index_copy_``), as upstream, unless an autograd score (``low_memory``, ``dense``) still needs the
-        current banks for its backward: then the updated banks are new tensors (same values; the old ones are freed
-        with that graph). The ``fused`` and ``gather`` paths keep no reference to the banks, so they update in place.
+        In place (``index_copy_``), as upstream: neither scoring path keeps a reference to the banks for backward.
         """
-        copy_on_write, self._bank_in_graph = self._bank_in_graph, False
         for name, z in (("memory_s", z_s), ("memory_t", z_t)):
             bank = getattr(self, name)
             rows = bank.index_select(0, index.reshape(-1))
             rows.mul_(self.momentum).add_(z.detach().float() * (1 - self.momentum))
             rows = rows.div(rows.pow(2).sum(1, keepdim=True).pow(0.5))
-            if copy_on_write:
-                setattr(self, name, bank.index_copy(0, index, rows))
-            else:
-                bank.index_copy_(0, index, rows)
+            bank.index_copy_(0, index, rows)
 
 
 def nce_loss(p: Tensor, n_data: int, eps: float = NCE_EPS) -> Tensor:

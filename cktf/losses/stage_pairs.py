@@ -2,8 +2,8 @@
 with, and the tensors handed to that stage's CRD module.
 
 A Contrastive Knowledge Transfer Framework for Model Compression and Transfer Learning (Zhao, Chen & Zhao,
-ICASSP 2023); code: CKTF ``distiller_zoo/ST.py`` (``st_loss_each_group``), spec section 3 "Pairs fed to the
-modules". Followed line by line, quirks included:
+ICASSP 2023); code: CKTF ``distiller_zoo/ST.py`` (``st_loss_each_group``); docs/algorithm.md §4
+(the stage pairs). Followed line by line, quirks included:
 
 * ``F.normalize(x, p=2, dim=0)``: each ``(c, h, w)`` position is normalised **over the batch**, for the student's
   last block and for every teacher block. It looks like a bug; it is what the released code trains with.

@@ -2,10 +2,9 @@
 
 ``forward(x)`` returns logits only (plain path, ``torch.compile`` friendly).
 ``forward_distill(x)`` always returns a :class:`DistillOutput` with the same fields, whatever
-the family, so distillers never depend on flags or tuple positions (spec section 3 and the
-style anchors' "model contract").
+the family, so distillers never depend on flags or tuple positions (docs/algorithm.md §4).
 
-Terminology (``../shared/spec/cktf-algorithm.md`` section 3):
+Terminology (docs/algorithm.md §4; the paper's Section 2):
 
 * the *M intermediate modules* are the stem followed by every stage; ``feature_info`` has one
   entry per module, in that order;

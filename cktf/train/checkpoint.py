@@ -21,17 +21,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
+from ..io import atomic_path
 from ..models import DistillModel, create_model
 
 META_KEY = "cktf"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, durable=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -43,13 +41,10 @@ def save_model_weights(path: str | os.PathLike, model: DistillModel, meta: dict[
     """Write ``model``'s weights as safetensors; ``meta`` (must include ``arch``) goes in the header."""
     if "arch" not in meta:
         raise ValueError("meta must name the architecture ('arch')")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"num_classes": model.num_classes, **meta}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
 
 
 def read_weights_meta(path: str | os.PathLike, field: str = "teacher_checkpoint") -> dict[str, Any]:

@@ -105,6 +105,24 @@ def train_one_epoch(
     return metrics
 
 
+def epoch_metric_names(loss_terms: Iterable[str], train_acc: bool, val: bool, test: bool) -> tuple[str, ...]:
+    """The names :func:`cktf.train.fit` reports each epoch for a distiller whose steps return ``loss_terms``
+    (:func:`train_one_epoch`'s and :func:`evaluate`'s keys): what a study may select on."""
+    names = ["epoch", "lr", *(f"loss/{k}" for k in loss_terms), "loss/total"]
+    if train_acc:
+        names.append("train_acc")
+    names += ["epoch_time_s", "images_per_s"]
+    for split, on in (("val", val), ("test", test)):
+        if on:
+            names += [f"{split}_{k}" for k in EVAL_KEYS]
+    names.append("eval_time_s")
+    return tuple(names)
+
+
+#: what :func:`evaluate` returns
+EVAL_KEYS = ("acc", "acc5", "loss")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, bf16: bool = False) -> dict[str, float]:
     """Top-1/top-5 accuracy (%) and mean cross-entropy of ``model`` on a labeled split."""

@@ -20,15 +20,16 @@ import numpy as np
 import torch
 
 from ..data import DATASETS, BatchLoader, ContrastConfig, Splits, load_splits
-from ..distillers import DistillContext, Distiller, build_distiller, needs_teacher, parse_params
+from ..distillers import DistillContext, Distiller, objective
 from ..errors import ConfigError
 from ..models import MODELS, DistillModel, create_model
 from .callbacks import Callback
 from .checkpoint import atomic_torch_save, load_model, load_state, read_weights_meta, save_model_weights
 from .config import RunConfig
 from .engine import autocast, evaluate, train_one_epoch
+from .optim import build_sgd
 
-log = logging.getLogger("cktf")
+log = logging.getLogger(__name__)
 
 #: config fields that may change when a run is resumed (everything else must match)
 RESUMABLE_CHANGES = {
@@ -39,6 +40,7 @@ RESUMABLE_CHANGES = {
     "resume",
     "out_dir",
     "teacher_checkpoint",
+    "train.allow_long",
 }
 
 
@@ -67,20 +69,20 @@ def seed_everything(seed: int) -> None:
 
 
 def validate_names(cfg: RunConfig, image_size: int | None = None, teacher_arch: str | None = None) -> None:
-    """Cheap checks of every name, size and field; raises ConfigError / UnknownNameError.
+    """Cheap checks of every name, size and field the typed config cannot check alone; raises ConfigError.
 
     ``image_size`` is the loaded data's side; before loading it comes from the dataset spec
     (0 for ``imagefolder`` data, whose size is only known once read: then sizes are checked after loading).
     ``teacher_arch``: the teacher is given in memory (a Tune trial), so its checkpoint file is not read.
     """
-    cfg.validate()
     spec = DATASETS.get(cfg.data.dataset)
     size = image_size or cfg.data.image_size or spec.image_size
-    parse_params(cfg.distiller, cfg.distill_params, size)
+    method = objective(cfg.distiller)
+    method.parse(cfg.distill_params, size or 32)
     check_arch(cfg.student, size, "student")
-    if needs_teacher(cfg.distiller) and teacher_arch is not None:
+    if method.needs_teacher and teacher_arch is not None:
         check_arch(teacher_arch, size, "teacher")
-    elif needs_teacher(cfg.distiller):
+    elif method.needs_teacher:
         if not cfg.teacher_checkpoint:
             raise ConfigError(
                 "teacher_checkpoint", f"distiller {cfg.distiller!r} needs a teacher", "pass --teacher-ckpt PATH"
@@ -108,7 +110,7 @@ def _check_resume(cfg: RunConfig, out: Path) -> bool:
         return False
     from .callbacks import flatten
 
-    old, new = flatten(json.loads(saved.read_text())), flatten(json.loads(json.dumps(cfg.to_dict())))
+    old, new = flatten(json.loads(saved.read_text())), flatten(cfg.to_dict())
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if diff:
         raise ConfigError(
@@ -140,7 +142,8 @@ def prepare_run(
     validate_names(cfg, splits.image_size, teacher_arch)  # sizes of imagefolder data are known only now
     num_classes = splits.spec.num_classes or len(splits.train.classes)
     seed_everything(cfg.train.seed)
-    if needs_teacher(cfg.distiller) and teacher is None:
+    method = objective(cfg.distiller)
+    if method.needs_teacher and teacher is None:
         teacher, meta = load_model(cfg.teacher_checkpoint)
         mismatch = meta.get("dataset") not in (None, cfg.data.dataset) or teacher.num_classes != num_classes
         if mismatch and splits.train.labeled:
@@ -157,7 +160,7 @@ def prepare_run(
     seed_everything(cfg.train.seed)  # the student's initialisation does not depend on how the teacher came
     student = create_model(cfg.student, num_classes=num_classes)
     ctx = DistillContext(num_classes=num_classes, num_train_samples=len(splits.train), image_size=splits.image_size)
-    distiller = build_distiller(cfg.distiller, student, teacher, cfg.distill_params, ctx)
+    distiller = method.build(student, teacher, cfg.distill_params, ctx)
     if distiller.gamma > 0 and not splits.train.labeled:
         raise ConfigError(
             "distill.gamma",
@@ -208,21 +211,16 @@ def run_init_stage(p: Prepared, loader: BatchLoader) -> None:
     stage = p.distiller.init_stage()
     if stage is None:
         return
-    opt = torch.optim.SGD(
-        stage.params,
-        lr=stage.lr if stage.lr is not None else p.cfg.optim.lr,
-        momentum=p.cfg.optim.momentum,
-        weight_decay=p.cfg.optim.weight_decay,
-    )
+    opt = build_sgd(stage.params, p.cfg.optim, lr=stage.lr)
     max_steps = p.cfg.train.max_steps_per_epoch or len(loader)
     for epoch in range(stage.epochs):
         p.distiller.eval()
         for m in stage.modules:
             m.train()
         loader.set_epoch(-1 - epoch)  # its own shuffles, distinct from the main stage's
-        total = torch.zeros((), device=p.device)
-        for step, batch in enumerate(loader):
-            if step >= max_steps:
+        total, steps = torch.zeros((), device=p.device), 0
+        for batch in loader:
+            if steps >= max_steps:
                 break
             with autocast(p.device, p.cfg.train.bf16):
                 loss = sum(stage.loss(batch).values())
@@ -230,7 +228,9 @@ def run_init_stage(p: Prepared, loader: BatchLoader) -> None:
             loss.backward()
             opt.step()
             total += loss.detach()
-        log.info("init stage epoch %d/%d: mean loss %.4f", epoch + 1, stage.epochs, float(total) / max(step, 1))
+            steps += 1
+        mean = float(total) / steps if steps else float("nan")
+        log.info("init stage epoch %d/%d: mean loss %.4f over %d steps", epoch + 1, stage.epochs, mean, steps)
 
 
 def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
@@ -239,13 +239,7 @@ def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_loader, val_loader, test_loader = _loaders(p)
-    optimizer = torch.optim.SGD(
-        distiller.trainable_parameters(),
-        lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum,
-        weight_decay=cfg.optim.weight_decay,
-        nesterov=cfg.optim.nesterov,
-    )
+    optimizer = build_sgd(distiller.trainable_parameters(), cfg.optim)
     history: list[dict[str, float]] = []
     start, init_done = 0, False
     if _check_resume(cfg, out):

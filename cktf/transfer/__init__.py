@@ -1,5 +1,5 @@
 """Transfer learning (paper Section 3.2): distil on the target's unlabeled images, then a linear probe."""
 
-from .probe import ProbeConfig, ProbedModel, linear_probe, probe_config_from_dict
+from .probe import ProbeConfig, ProbedModel, linear_probe
 
-__all__ = ["ProbeConfig", "ProbedModel", "linear_probe", "probe_config_from_dict"]
+__all__ = ["ProbeConfig", "ProbedModel", "linear_probe"]

@@ -1,4 +1,4 @@
-"""Linear probe (paper Section 3.2, step 2 of the official transfer script; spec section 5).
+"""Linear probe (paper Section 3.2, step 2 of the official transfer script; docs/algorithm.md §8).
 
 A new linear classifier on the student's penultimate features (``DistillOutput.pooled``) is
 trained on the target's labeled train split while the backbone stays frozen; accuracy on the
@@ -21,47 +21,46 @@ Differences from the official step (each a documented choice):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from ..data import BatchLoader, Splits
 from ..errors import ConfigError
 from ..models import DistillModel
+from ..train.config import OptimConfig
+from ..train.optim import build_sgd
+
+#: what a transfer study's trial reports each epoch from its quick probe (the last epoch: the full probe)
+QUICK_PROBE_METRICS = ("probe_val_acc", "probe_test_acc", "probe_test_acc_max_over_epochs", "probe_epochs")
 
 
-@dataclass
-class ProbeConfig:
-    """The probe's schedule; defaults are the official step 2 (SGD 0.05, wd 5e-4, batch 64, 240 epochs)."""
+class ProbeConfig(OptimConfig):
+    """The probe's schedule: the optimiser fields (:class:`~cktf.train.OptimConfig`) plus the loop's; the defaults
+    are the official step 2 (SGD 0.05, wd 5e-4, batch 64, 240 epochs, x0.1 at 150/180/210)."""
 
-    epochs: int = 240
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    milestones: tuple[int, ...] = (150, 180, 210)
-    lr_decay: float = 0.1
-    batch_size: int = 64
-    bn_mode: str = "eval"  # eval: backbone fully frozen (incl. BN stats); train: the official BN drift
-    augment: bool = True  # train-time augmentation through the frozen backbone (official); False: cached features
+    section = "probe"
+
+    epochs: int = Field(240, ge=1)
+    """probe epochs"""
+    batch_size: int = Field(64, ge=1)
+    """training batch size of the probe"""
+    bn_mode: Literal["eval", "train"] = "eval"
+    """eval: backbone fully frozen (incl. BN stats); train: the official BN drift"""
+    augment: bool = True
+    """train-time augmentation through the frozen backbone (official); false: cached features"""
     seed: int = 0
-    eval_batch_size: int = 256
+    """seed of the head's initialisation and the batch order"""
+    eval_batch_size: int = Field(256, ge=1)
+    """evaluation batch size"""
 
-    def validate(self, prefix: str = "probe") -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"{prefix}.epochs", f"must be >= 1, got {self.epochs}")
-        if self.lr <= 0:
-            raise ConfigError(f"{prefix}.lr", f"must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise ConfigError(f"{prefix}.batch_size", f"must be >= 1, got {self.batch_size}")
-        if self.bn_mode not in ("eval", "train"):
-            raise ConfigError(f"{prefix}.bn_mode", f"must be eval or train, got {self.bn_mode!r}")
+    @model_validator(mode="after")
+    def _check_probe(self) -> ProbeConfig:
         if self.bn_mode == "train" and not self.augment:
-            raise ConfigError(f"{prefix}.augment", "bn_mode=train changes features as it trains", "set augment: true")
-
-    def lr_at(self, epoch: int) -> float:
-        return self.lr * self.lr_decay ** sum(epoch >= m for m in self.milestones)
+            raise ConfigError("augment", "bn_mode=train changes features as it trains", "set augment: true")
+        return self
 
 
 class ProbedModel(nn.Module):
@@ -113,7 +112,6 @@ def linear_probe(
 ) -> tuple[ProbedModel, dict[str, Any]]:
     """Train a new linear head on ``splits.train`` (labeled), frozen ``backbone``; returns the model and
     ``{"history": [...], "val_acc", "test_acc" (at the best val epoch), "test_acc_max_over_epochs"}``."""
-    cfg.validate()
     if not splits.train.labeled or len(splits.train) == 0:
         raise ConfigError("probe.data", "the probe needs the target's labeled train split", "drop drop_labels there")
     num_classes = splits.num_classes
@@ -135,7 +133,7 @@ def linear_probe(
         cache = {name: _features(model, loader) for name, loader in evals.items()}
         plain = BatchLoader(splits.train, batch_size=cfg.eval_batch_size, train=False, **common)
         cache["train"] = _features(model, plain)
-    opt = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = build_sgd(head.parameters(), cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
     key = "probe_val_acc" if "val" in evals else "probe_test_acc"
@@ -183,12 +181,4 @@ def linear_probe(
     return model, summary
 
 
-def probe_config_from_dict(values: dict[str, Any], prefix: str = "probe") -> ProbeConfig:
-    from ..train.config import section_from_dict
-
-    cfg = section_from_dict(ProbeConfig, values, prefix)
-    cfg.validate(prefix)
-    return cfg
-
-
-__all__ = ["ProbeConfig", "ProbedModel", "linear_probe", "probe_config_from_dict"]
+__all__ = ["ProbeConfig", "ProbedModel", "linear_probe"]

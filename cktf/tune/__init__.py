@@ -1,27 +1,30 @@
-"""Hyper-parameter studies: Ray Tune (ASHA) + Optuna over a distiller's space, logged to MLflow.
+"""Hyper-parameter studies: Ray Tune (ASHA) + Optuna over a method's space, logged to MLflow.
 
-``cktf tune STUDY.yaml`` -> :func:`run_study`; ``cktf export`` -> :func:`export_best`;
-``cktf report`` -> :func:`write_report`; :func:`load_student` rebuilds an exported student.
-Ray is imported only by the modules that need it (driver, trainable, searcher, scheduler).
+Three stages, one folder each (docs/architecture.md):
+
+* :mod:`.plan` -- the study file's schema, its loading (YAML, ``${VAR}``, ``--set``) and its validation against the
+  data and the models, resolved into an immutable :class:`StudyPlan`;
+* :mod:`.run` -- the driver, the trainable, the searcher and scheduler, the object-store sharing (imports Ray);
+* :mod:`.results` -- the one results reader (trial index, state, best), export, report and MLflow lineage.
+
+``cktf tune STUDY.yaml`` -> :func:`load_study`, :func:`plan_study`, :func:`cktf.tune.run.run_study`;
+``cktf export`` -> :func:`export_best`; ``cktf report`` -> :func:`write_report`.
 """
 
-from .export import best_trial, export_best, load_student, resolve_study_dir
-from .report import summarize, write_report
-from .space import CKTF_SPACE, ParamSpec, default_space
-from .study import StudyConfig, load_study, study_from_dict, validate_with_data
+from .plan import StudyConfig, StudyPlan, load_study, plan_study, study_from_dict, study_json_schema
+from .results import StudyResults, export_best, load_student, resolve_study_dir, summarize, write_report
 
 __all__ = [
-    "CKTF_SPACE",
-    "ParamSpec",
     "StudyConfig",
-    "best_trial",
-    "default_space",
+    "StudyPlan",
+    "StudyResults",
     "export_best",
     "load_student",
     "load_study",
+    "plan_study",
     "resolve_study_dir",
     "study_from_dict",
+    "study_json_schema",
     "summarize",
-    "validate_with_data",
     "write_report",
 ]

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import Splits
-from ..data._base import ArrayDataset
-from ..models import DistillModel, create_model
+from ...data import Splits
+from ...data._base import ArrayDataset
+from ...models import DistillModel, create_model
 
 _SPLITS = ("train", "val", "test")
 

@@ -17,13 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .index import FAILED, FINISHED, PRUNED, TrialIndex, selected
+from .reader import FINISHED, PRUNED, RUNNING, StudyResults, TrialResult, resolve_study_dir
 
-log = logging.getLogger("cktf")
+log = logging.getLogger(__name__)
 
 
 def anchor_row(dataset: str, teacher: str | None, student: str) -> dict[str, str] | None:
-    """The published accuracies for this pair (``accuracy-anchors.csv``: CKTF paper Table 1)."""
+    """The published accuracies for this pair (``accuracy-anchors.csv``, docs/algorithm.md §10)."""
     text = resources.files("cktf.tune").joinpath("resources/accuracy-anchors.csv").read_text()
     for row in csv.DictReader(text.splitlines()):
         if row["dataset"] == dataset and row["teacher"] == teacher and row["student"] == student:
@@ -31,61 +31,55 @@ def anchor_row(dataset: str, teacher: str | None, student: str) -> dict[str, str
     return None
 
 
-def _study_meta(study_dir: Path) -> dict[str, Any]:
-    path = study_dir / "study.resolved.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+#: columns of an anchor row that are not accuracies
+ANCHOR_KEYS = ("dataset", "teacher", "student", "source")
 
 
-def summarize(study_dir: str | Path, top_k: int = 10) -> dict[str, Any]:
-    study_dir = Path(study_dir)
-    recs = TrialIndex(study_dir).all()
-    meta = _study_meta(study_dir)
-    state = json.loads((study_dir / "state.json").read_text()) if (study_dir / "state.json").exists() else {}
+def _study_meta(results: StudyResults) -> dict[str, Any]:
+    return results.store.read_json("study.resolved.json", default={}) or {}
 
-    from .export import metric_keys
 
-    val_key, test_key = metric_keys(study_dir)
-
-    def row(r: dict[str, Any]) -> dict[str, Any]:
-        at = selected(r.get("history", []), val_key)
-        return {
-            "trial": r["trial_id"],
-            "status": r.get("status"),
-            "epochs": len(r.get("history", [])),
-            "best_val_acc": at.get(val_key),
-            "test_acc_at_best_val": at.get(test_key),
-            "probe_curve": r.get("probe_curve"),
-            "baseline": bool(r.get("baseline")),
-            "config": r.get("config", {}),
-        }
-
-    rows = sorted((row(r) for r in recs), key=lambda x: -(x["best_val_acc"] if x["best_val_acc"] is not None else -1))
-    finished = [x for x in rows if x["status"] == FINISHED]
-    best = finished[0] if finished else None
-    baseline = next((x for x in rows if x["baseline"]), None)
-    teacher = (meta.get("teacher") or {}).get("arch")
+def row(t: TrialResult) -> dict[str, Any]:
     return {
-        "study": study_dir.name,
-        "status": state.get("status", "running"),
-        "counts": {s: sum(x["status"] == s for x in rows) for s in (FINISHED, PRUNED, FAILED, "running")},
-        "metric": f"{val_key} (max); {test_key} reported at the selected epoch",
-        "best": best,
-        "baseline": baseline,
-        "gain_over_baseline": (
-            best["best_val_acc"] - baseline["best_val_acc"]
-            if best and baseline and baseline["best_val_acc"] is not None
-            else None
-        ),
-        "top": rows[:top_k],
-        "anchor": anchor_row((meta.get("data") or {}).get("dataset", ""), teacher, meta.get("student", "")),
-        "teacher": state.get("teacher"),
-        "ablations": ablation_tables(rows, (meta.get("search") or {}).get("space") or {}),
+        "trial": t.trial_id,
+        "status": t.status,
+        "epochs": t.epochs,
+        "score": t.score,
+        "selected_epoch": t.epoch,
+        "test_at_selected": t.test,
+        "probe_curve": t.record.get("probe_curve"),
+        "baseline": t.baseline,
+        "config": t.config,
     }
 
 
-def ablation_tables(rows: list[dict[str, Any]], space: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Section 3.3 comparisons: for each categorical searched parameter, one row per choice (trials,
-    finished, best and mean of the selection metric over finished trials, test at the best one)."""
+def summarize(study: Any, top_k: int = 10) -> dict[str, Any]:
+    results = study if isinstance(study, StudyResults) else StudyResults(study)
+    meta = _study_meta(results)
+    rows = [row(t) for t in results.ranked()]
+    best, baseline = results.best(), results.baseline()
+    teacher = (meta.get("teacher") or {}).get("arch")
+    return {
+        "study": results.name,
+        "status": results.state.get("status", RUNNING),
+        "counts": results.counts(),
+        "metric": results.metric,
+        "mode": results.mode,
+        "test_metric": results.test_metric,
+        "best": row(best) if best else None,
+        "baseline": row(baseline) if baseline else None,
+        "gain_over_baseline": results.gain_over_baseline(),
+        "top": rows[:top_k],
+        "anchor": anchor_row((meta.get("data") or {}).get("dataset", ""), teacher, meta.get("student", "")),
+        "teacher": results.state.get("teacher"),
+        "ablations": ablation_tables(rows, (meta.get("search") or {}).get("space") or {}, results.mode),
+    }
+
+
+def ablation_tables(rows: list[dict[str, Any]], space: dict[str, Any], mode: str = "max") -> dict[str, list[dict]]:
+    """Section 3.3 comparisons: for each categorical searched parameter, one row per choice (trials, finished, best
+    and mean of the selection metric over finished trials, test at the best one)."""
+    pick = max if mode == "max" else min
     out: dict[str, list[dict[str, Any]]] = {}
     for name, spec in space.items():
         if spec.get("type") != "categorical":
@@ -93,16 +87,16 @@ def ablation_tables(rows: list[dict[str, Any]], space: dict[str, Any]) -> dict[s
         table = []
         for choice in spec.get("choices", []):
             arm = [x for x in rows if x["config"].get(name) == choice]
-            done = [x for x in arm if x["status"] == FINISHED and x["best_val_acc"] is not None]
-            best = max(done, key=lambda x: x["best_val_acc"]) if done else None
+            done = [x for x in arm if x["status"] == FINISHED and x["score"] is not None]
+            best = pick(done, key=lambda x: x["score"]) if done else None
             table.append(
                 {
                     "choice": choice,
                     "trials": len(arm),
                     "finished": len(done),
-                    "best": best["best_val_acc"] if best else None,
-                    "mean": sum(x["best_val_acc"] for x in done) / len(done) if done else None,
-                    "test_at_best": best["test_acc_at_best_val"] if best else None,
+                    "best": best["score"] if best else None,
+                    "mean": sum(x["score"] for x in done) / len(done) if done else None,
+                    "test_at_best": best["test_at_selected"] if best else None,
                 }
             )
         out[name] = table
@@ -116,24 +110,26 @@ def _fmt(v: Any) -> str:
 
 
 def to_markdown(s: dict[str, Any]) -> str:
+    metric, test = s["metric"], s["test_metric"]
     lines = [f"# Study {s['study']} ({s['status']})", ""]
-    lines.append("trials: " + ", ".join(f"{k} {v}" for k, v in s["counts"].items()) + f"; metric: {s['metric']}")
+    lines.append(
+        "trials: " + ", ".join(f"{k} {v}" for k, v in s["counts"].items()) + f"; metric: {metric} ({s['mode']}), "
+        f"{test} reported at the selected epoch"
+    )
     for label in ("best", "baseline"):
         x = s[label]
         if x:
             cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(x["config"].items()))
             lines.append(
-                f"\n**{label}** {x['trial']}: val {_fmt(x['best_val_acc'])}, test {_fmt(x['test_acc_at_best_val'])}"
+                f"\n**{label}** {x['trial']}: {metric} {_fmt(x['score'])}, {test} {_fmt(x['test_at_selected'])}"
                 f" ({x['status']}, {x['epochs']} epochs): {cfg}"
             )
     if s["gain_over_baseline"] is not None:
-        lines.append(f"\nbest - baseline (val): {s['gain_over_baseline']:+.2f} points")
+        lines.append(f"\nbest vs baseline ({metric}): {s['gain_over_baseline']:+.2f} better")
     if s["anchor"]:
         a = s["anchor"]
-        lines.append(
-            f"\npublished ({a['source']}): teacher {a['teacher_acc']}, student CE {a['student_ce_acc']}, KD {a['kd']},"
-            f" CRD {a['crd']}, CRD+KD {a['crd_kd']}, CKTF {a['cktf']}, CKTF+KD {a['cktf_kd']}"
-        )
+        cells = ", ".join(f"{k} {v}" for k, v in a.items() if k not in ANCHOR_KEYS and v)
+        lines.append(f"\npublished ({a['source']}): {cells}")
     for name, table in s.get("ablations", {}).items():
         lines += [
             "",
@@ -146,25 +142,23 @@ def to_markdown(s: dict[str, Any]) -> str:
             cells = [t["choice"], t["trials"], t["finished"], _fmt(t["best"]), _fmt(t["mean"]), _fmt(t["test_at_best"])]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     keys = sorted({k for x in s["top"] for k in x["config"]})
-    lines += ["", "| trial | status | epochs | val | test | " + " | ".join(keys) + " |"]
+    lines += ["", f"| trial | status | epochs | {metric} | {test} | " + " | ".join(keys) + " |"]
     lines.append("|" + "---|" * (5 + len(keys)))
     for x in s["top"]:
         cells = [x["trial"] + (" (baseline)" if x["baseline"] else ""), x["status"], x["epochs"]]
-        cells += [_fmt(x["best_val_acc"]), _fmt(x["test_acc_at_best_val"])]
+        cells += [_fmt(x["score"]), _fmt(x["test_at_selected"])]
         cells += [_fmt(x["config"].get(k)) for k in keys]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def optuna_study(study_dir: Path):
+def optuna_study(results: StudyResults):
     """An in-memory Optuna study rebuilt from the index (for importances and plots)."""
     import optuna
 
-    from .export import metric_keys
-    from .space import parse_space
+    from ...space import parse_space
 
-    val_key, _ = metric_keys(study_dir)
-    meta = _study_meta(study_dir)
+    meta = _study_meta(results)
     space = parse_space((meta.get("search") or {}).get("space") or {})
     dists = {}
     for name, spec in space.items():
@@ -179,20 +173,19 @@ def optuna_study(study_dir: Path):
                 spec.low, spec.high, log=spec.type == "log", step=spec.step
             )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    for r in TrialIndex(study_dir).all():
-        params = {k: v for k, v in r.get("config", {}).items() if k in dists}
-        if set(params) != set(dists) or r.get("best_val_acc") is None:
+    study = optuna.create_study(direction="maximize" if results.mode == "max" else "minimize")
+    for t in results.trials():
+        params = {k: v for k, v in t.config.items() if k in dists}
+        state = {FINISHED: "COMPLETE", PRUNED: "PRUNED"}.get(t.status)
+        if set(params) != set(dists) or t.score is None or state is None:
             continue
-        state = {FINISHED: "COMPLETE", PRUNED: "PRUNED"}.get(r.get("status"))
-        if state is None:
-            continue
-        inter = {int(h["epoch"]) + 1: h[val_key] for h in r.get("history", []) if val_key in h}
+        metric = results.metric
+        inter = {int(h["epoch"]) + 1: h[metric] for h in t.record.get("history", []) if metric in h}
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,
                 distributions={k: dists[k] for k in params},
-                value=r["history"][-1].get(val_key) if state == "COMPLETE" else None,
+                value=t.score if state == "COMPLETE" else None,
                 state=getattr(optuna.trial.TrialState, state),
                 intermediate_values=inter,
             )
@@ -200,30 +193,28 @@ def optuna_study(study_dir: Path):
     return study
 
 
-def write_plots(study_dir: Path, out: Path) -> list[str]:
+def write_plots(results: StudyResults, out: Path) -> list[str]:
     import matplotlib
     import optuna
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .export import metric_keys
-
-    val_key, _ = metric_keys(study_dir)
+    metric = results.metric
     written = []
-    recs = TrialIndex(study_dir).all()
+    trials = results.trials()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in recs:
-        hist = [h for h in r.get("history", []) if val_key in h]
+    for t in trials:
+        hist = [h for h in t.record.get("history", []) if metric in h]
         if not hist:
             continue
-        style = "-" if r.get("status") == FINISHED else "--"
-        label = r["trial_id"] + (" baseline" if r.get("baseline") else "")
-        ax.plot([h["epoch"] + 1 for h in hist], [h[val_key] for h in hist], style, marker=".", label=label)
+        style = "-" if t.status == FINISHED else "--"
+        label = t.trial_id + (" baseline" if t.baseline else "")
+        ax.plot([h["epoch"] + 1 for h in hist], [h[metric] for h in hist], style, marker=".", label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{val_key} (%)")
-    ax.set_title(f"{study_dir.name}: validation accuracy per trial (dashed: pruned)")
-    if len(recs) <= 16:
+    ax.set_ylabel(metric)
+    ax.set_title(f"{results.name}: {metric} per trial (dashed: pruned)")
+    if len(trials) <= 16:
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "metric_vs_epoch.png", dpi=110)
@@ -232,7 +223,7 @@ def write_plots(study_dir: Path, out: Path) -> list[str]:
 
     import optuna.visualization.matplotlib as ovm
 
-    study = optuna_study(study_dir)
+    study = optuna_study(results)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     plots = {"history.png": ovm.plot_optimization_history, "parallel_coordinate.png": ovm.plot_parallel_coordinate}
     if len(complete) >= 2:
@@ -253,14 +244,20 @@ def write_plots(study_dir: Path, out: Path) -> list[str]:
     return written
 
 
-def write_report(study_dir: str | Path, cfg: Any = None, top_k: int = 10) -> Path:
-    """Write the report folder and return it."""
-    study_dir = Path(study_dir)
-    out = study_dir / "report"
+def write_report(study: Any, top_k: int = 10, out: Path | None = None) -> Path:
+    """Write the report (``summary.md``, ``summary.json``, plots) to ``out`` (default: a local temporary folder for
+    a remote study, else ``<study>/report``), copy it into the study's ``report/`` and return the local folder."""
+    import tempfile
+
+    results = study if isinstance(study, StudyResults) else StudyResults(resolve_study_dir(study))
+    local = results.store.local_path("report")
+    if out is None:
+        out = local if local is not None else Path(tempfile.mkdtemp(prefix="cktf-report-"))
     out.mkdir(parents=True, exist_ok=True)
-    s = summarize(study_dir, top_k)
-    (out / "summary.json").write_text(json.dumps(s, indent=1, default=str))
+    s = summarize(results, top_k)
+    s["plots"] = write_plots(results, out)
     (out / "summary.md").write_text(to_markdown(s))
-    s["plots"] = write_plots(study_dir, out)
     (out / "summary.json").write_text(json.dumps(s, indent=1, default=str))
+    if local is None or out.resolve() != local.resolve():
+        results.store.upload(out, "report")
     return out

@@ -1,9 +1,8 @@
-"""Study lineage: the trial index on disk and the driver-side MLflow callback.
+"""Study lineage in MLflow: the study's parent run and the driver-side callback that keeps the trial index.
 
-* :class:`TrialIndex` -- ``<study_dir>/trials/<trial_id>.json``, one small file per trial (config,
-  status, per-epoch metrics, latest checkpoint, MLflow run id). ``cktf report`` and ``cktf export``
-  read it; it never depends on Ray's internal experiment format.
-* :class:`MLflowStudyCallback` -- one parent run per study (created by the driver), one child run per
+* :func:`parent_run` -- one parent run per study (study file, space, scheduler and sampler settings, git commit),
+  created once and reused only on ``--resume``.
+* :class:`MLflowStudyCallback` -- writes the trial index (:mod:`.reader`) and one child run per
   trial found again by its ``cktf.trial_id`` tag, so a resumed or retried trial logs into the same
   run. Only the whitelisted metrics go to MLflow (``step = epoch``); the final status is FINISHED
   (ran ``max_t`` epochs), KILLED with tag ``cktf.status=pruned`` (ASHA stopped it) or FAILED.
@@ -20,18 +19,17 @@ from typing import Any
 
 from ray.tune import Callback
 
-from .index import FAILED, FINISHED, MLFLOW_STATUS, PRUNED, RUNNING, TrialIndex, selected, wanted_metrics
-
-__all__ = [
-    "FAILED",
-    "FINISHED",
-    "MLFLOW_STATUS",
-    "PRUNED",
-    "RUNNING",
-    "TrialIndex",
-    "wanted_metrics",
-    "MLflowStudyCallback",
-]
+from .reader import (
+    BEST_EPOCH,
+    FAILED,
+    FINISHED,
+    MLFLOW_STATUS,
+    PRUNED,
+    RUNNING,
+    TrialIndex,
+    select_epoch,
+    wanted_metrics,
+)
 
 
 def trial_config(trial: Any) -> dict[str, Any]:
@@ -51,10 +49,12 @@ class MLflowStudyCallback(Callback):
         max_t: int,
         baseline: dict[str, Any],
         metric: str = "val_acc",
+        mode: str = "max",
+        selection: str = BEST_EPOCH,
     ):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.study_dir, self.study_name, self.max_t, self.baseline = study_dir, study_name, int(max_t), baseline
-        self.metric = metric  # the study's selection metric (val_acc, or probe_val_acc in transfer studies)
+        self.metric, self.mode, self.selection = metric, mode, selection  # how a trial's history is judged
         self._client = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -123,7 +123,8 @@ class MLflowStudyCallback(Callback):
         run_id = self.run_for(trial)
         rec = self.index.get(trial.trial_id)
         again = rec.get("status") == status and rec.get("ended")  # a restarted trial that ended again at once
-        terminate_run(self.client, run_id, status, error, None if again else rec.get("best_val_acc"))
+        score = None if again else rec.get("score")
+        terminate_run(self.client, run_id, status, error, score, self.metric)
         if not again:
             self.index.update(trial.trial_id, status=status, error=error, ended=time.time())
 
@@ -172,7 +173,7 @@ class MLflowStudyCallback(Callback):
             trial.trial_id,
             history=history,
             iterations=int(result.get("epochs_done", len(history))),
-            best_val_acc=selected(history, self.metric).get(self.metric),
+            score=select_epoch(history, self.metric, self.mode, self.selection).get(self.metric),
             data=extra or rec.get("data"),
         )
 
@@ -196,17 +197,20 @@ class MLflowStudyCallback(Callback):
         self._set_status(trial, FAILED, error or "trial failed (see the Ray trial directory)")
 
 
-def terminate_run(client: Any, run_id: str, status: str, error: str | None = None, best: float | None = None) -> None:
-    """Set a trial run's final status in MLflow (idempotent)."""
+def terminate_run(
+    client: Any, run_id: str, status: str, error: str | None = None, score: float | None = None, metric: str = ""
+) -> None:
+    """Set a trial run's final status in MLflow (idempotent); ``score``: the ``metric`` at its selected epoch,
+    logged as ``selected_<metric>``."""
     client.set_tag(run_id, "cktf.status", status)
     if error:
         client.set_tag(run_id, "cktf.error", error[-4000:])
-    if best is not None:
-        client.log_metric(run_id, "final_best_val_acc", float(best))
+    if score is not None:
+        client.log_metric(run_id, f"selected_{metric or 'score'}", float(score))
     client.set_terminated(run_id, MLFLOW_STATUS[status])
 
 
-def reconcile(client: Any, index: TrialIndex) -> int:
+def reconcile(client: Any, index: TrialIndex, metric: str = "") -> int:
     """Make every ended trial's MLflow run show the index's status; returns how many were repaired."""
     repaired = 0
     for rec in index.all():
@@ -215,6 +219,39 @@ def reconcile(client: Any, index: TrialIndex) -> int:
             continue
         run = client.get_run(run_id)
         if run.info.status != MLFLOW_STATUS[status] or run.data.tags.get("cktf.status") != status:
-            terminate_run(client, run_id, status, rec.get("error"), rec.get("best_val_acc"))
+            terminate_run(client, run_id, status, rec.get("error"), rec.get("score"), metric)
             repaired += 1
     return repaired
+
+
+def git_commit() -> str:
+    """The commit of the installed cktf checkout (``unknown`` outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def parent_run(
+    client: Any, experiment: str, state: dict[str, Any], tags: dict[str, str], params: dict[str, Any]
+) -> tuple[str, str]:
+    """``(experiment_id, parent_run_id)``: the run named in the study's ``state`` (a resumed study), else a new one
+    tagged ``tags`` with ``params`` logged once."""
+    from mlflow.entities import Param
+
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    if state.get("parent_run_id"):
+        client.update_run(state["parent_run_id"], status="RUNNING")
+        client.set_tag(state["parent_run_id"], "cktf.study_status", "running")
+        return exp_id, state["parent_run_id"]
+    run = client.create_run(exp_id, run_name=f"study:{tags.get('cktf.study', '')}", tags=tags)
+    items = [Param(k, str(v)[:500]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    return exp_id, run.info.run_id

@@ -1,9 +1,9 @@
 """ASHA whose rungs survive a driver restart.
 
 ``Tuner.restore`` brings back the scheduler pickled at study start, with empty rungs
-(ray-project/ray#30838, reproduced in the ray-optuna-mlflow notes): a resumed study would stop
+(ray-project/ray#30838, still open in the pinned Ray): a resumed study would stop
 trials at non-rung epochs and compare them against nothing. This subclass writes its rungs (a
-few numbers per trial) to ``state_path`` after every change and reads them back the first time
+few numbers per trial) to the study's store (``asha_state.json``) after every change and reads them back the first time
 it is used after a restore, together with the set of trials it stopped early: Ray's experiment
 snapshot can lag the driver, so a restored study may restart a trial ASHA had already stopped; it is
 stopped again at its first result. ``protect`` names a config that is never stopped early: the
@@ -14,18 +14,19 @@ already records it as pruned or finished).
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from ..results.store import StudyStore
+
+#: the rungs' file in the study's store
+STATE_NAME = "asha_state.json"
 
 
 class PersistentASHA(ASHAScheduler):
-    def __init__(self, *args, state_path: str, protect: dict | None = None, **kwargs):
+    def __init__(self, *args, store: StudyStore, state_name: str = STATE_NAME, protect: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.protect = dict(protect or {})  # a config (the baseline) that always trains to max_t
-        self.state_path = str(state_path)
+        self.store, self.state_name = store, state_name
         self._loaded = False
         self._stopped: set[str] = set()  # trials ASHA stopped early (a lagging Ray snapshot may restart them)
 
@@ -34,10 +35,9 @@ class PersistentASHA(ASHAScheduler):
         if self._loaded:
             return
         self._loaded = True
-        path = Path(self.state_path)
-        if not path.exists():
+        state = self.store.read_json(self.state_name)
+        if state is None:
             return
-        state = json.loads(path.read_text())
         for bracket, rungs in zip(self._brackets, state["brackets"]):
             by_milestone = {float(m): rec for m, rec in rungs}
             bracket._rungs = [(m, dict(by_milestone.get(float(m), {}))) for m, _ in bracket._rungs]
@@ -50,11 +50,7 @@ class PersistentASHA(ASHAScheduler):
             "num_stopped": self._num_stopped,
             "stopped": sorted(self._stopped),
         }
-        path = Path(self.state_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
+        self.store.write_json(state, self.state_name, indent=None)
 
     # -------------------------------------------------------------- hooks
     def on_trial_add(self, tune_controller, trial) -> None:

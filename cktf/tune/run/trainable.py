@@ -15,7 +15,6 @@ Actors are not reused, so a trial ASHA stops exits and frees its GPU memory.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -24,13 +23,17 @@ from typing import Any
 
 from ray import tune
 
-from ..train.callbacks import Callback
-from ..train.engine import NonFiniteLossError
-from ..train.runner import fit, prepare_run
+from ...registry import import_plugins
+from ...train.callbacks import Callback
+from ...train.config import RunConfig
+from ...train.engine import NonFiniteLossError
+from ...train.runner import fit, prepare_run
+from ..plan.schema import StudyConfig
+from ..results.reader import FINISHED, PRUNED, TrialIndex
+from ..results.store import StudyStore
 from .shared import splits_from_shared, teacher_from_shared, zero_copy_report
-from .study import study_from_dict
 
-log = logging.getLogger("cktf")
+log = logging.getLogger(__name__)
 
 #: files of a run directory that make up a trial checkpoint
 CHECKPOINT_FILES = ("last.pt", "model_best.safetensors", "model_last.safetensors", "metrics.jsonl", "config.json")
@@ -50,17 +53,40 @@ def snapshot_file(src: Path, dst: Path) -> None:
     shutil.copy2(src, dst)
 
 
-def already_ended(study_dir: Path, trial_id: str) -> dict[str, Any] | None:
-    """The trial's index record when the study's index (on the driver's workdir, shared on a cluster)
-    records it as finished or pruned: a restored study whose Ray snapshot lagged restarts such trials."""
-    import json
-
-    path = study_dir / "trials" / f"{trial_id}.json"
+def already_ended(store: StudyStore, trial_id: str) -> dict[str, Any] | None:
+    """The trial's index record when the study's index (in the study's store, shared on a cluster) records it as
+    finished or pruned: a restored study whose Ray snapshot lagged restarts such trials."""
     try:
-        rec = json.loads(path.read_text())
+        rec = TrialIndex(store).get(trial_id)
     except (OSError, ValueError):
         return None
-    return rec if rec.get("status") in ("finished", "pruned") and rec.get("history") else None
+    return rec if rec.get("status") in (FINISHED, PRUNED) and rec.get("history") else None
+
+
+def trial_run_config(cfg: StudyConfig, sampled: dict[str, Any], out_dir: str, teacher: str | None) -> RunConfig:
+    """The trial's single-run config: the study's fixed recipe plus the sampled values.
+
+    Sampled names are the method's fields (``alpha1``, ``fitnet.beta``, ``theta``) or ``optim.<field>`` /
+    ``train.<field>``."""
+    params, optim, train = dict(cfg.params), {}, {"progress": False}
+    for key, value in sampled.items():
+        section, _, name = key.partition(".")
+        if section == "optim":
+            optim[name] = value
+        elif section == "train":
+            train[name] = value
+        else:
+            params[key] = value
+    return RunConfig(
+        student=cfg.student,
+        distiller=cfg.distiller,
+        distill_params=params,
+        teacher_checkpoint=teacher,
+        data=cfg.data,
+        optim=cfg.optim.replace(**optim),
+        train=cfg.train.replace(**train),
+        out_dir=out_dir,
+    )
 
 
 def epochs_done(run_dir: Path) -> int:
@@ -83,17 +109,16 @@ class ProbeCallback(Callback):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
         import copy
-        import dataclasses
         import json
 
-        from ..transfer import linear_probe
+        from ...transfer import linear_probe
 
         last = epoch == self.epochs - 1
         if not last and (not self.spec.every or (epoch + 1) % self.spec.every):
             return
         recipe = self.spec.recipe
         if not last:
-            recipe = dataclasses.replace(recipe, epochs=self.spec.quick_epochs, augment=False, milestones=())
+            recipe = recipe.replace(epochs=self.spec.quick_epochs, augment=False, milestones=())
         backbone = copy.deepcopy(self.student)  # the live student keeps training; the probe freezes a copy
         _, summary = linear_probe(backbone, self.splits, recipe, self.device)
         metrics["probe_val_acc"] = summary["val_acc"] if summary["val_acc"] is not None else summary["test_acc"]
@@ -109,7 +134,6 @@ class TuneReporter(Callback):
 
     def __init__(self, out_dir: Path, extra: dict[str, float]):
         self.out_dir, self.extra = out_dir, extra
-        self.best: float | None = None
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         result: dict[str, Any] = {
@@ -117,9 +141,6 @@ class TuneReporter(Callback):
         }
         if "probe/curve" in metrics:
             result["probe/curve"] = metrics["probe/curve"]
-        if "val_acc" in result:
-            self.best = result["val_acc"] if self.best is None else max(self.best, result["val_acc"])
-            result["best_val_acc"] = self.best
         result["epochs_done"] = epoch + 1  # ASHA's time axis: epochs, not Tune's per-process report count
         result.update(self.extra)
         with tempfile.TemporaryDirectory(prefix="cktf-ckpt-") as tmp:
@@ -132,7 +153,8 @@ class TuneReporter(Callback):
 
 def run_trial(
     config: dict[str, Any],
-    study: dict[str, Any] | None = None,
+    study: StudyConfig | None = None,
+    store: StudyStore | None = None,
     data: dict[str, Any] | None = None,
     teacher: dict[str, Any] | None = None,
     probe_data: dict[str, Any] | None = None,
@@ -140,9 +162,10 @@ def run_trial(
     """Function trainable; ``config`` holds the sampled values (flat names, e.g. ``alpha1``, ``optim.lr``)."""
     import torch
 
-    cfg = study_from_dict(dict(study), validate=False)
+    cfg = study
+    import_plugins(cfg.plugins)  # the user's own methods and models, registered in this worker too
     trial_id = tune.get_context().get_trial_id()
-    ended = already_ended(cfg.study_dir, trial_id)
+    ended = already_ended(store, trial_id)
     if ended is not None:
         # report the recorded last epoch once more (Tune requires a result with the metric), train nothing
         log.info("trial %s already ended before the driver restarted; nothing to do", trial_id)
@@ -162,29 +185,22 @@ def run_trial(
                     if (Path(d) / name).exists():
                         shutil.copy2(Path(d) / name, out / name)
     if epochs_done(out):
-        log.info("trial %s resumes after epoch %d", tune.get_context().get_trial_id(), epochs_done(out))
+        log.info("trial %s resumes after epoch %d", trial_id, epochs_done(out))
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}
     t_model, t_arch = teacher_from_shared(teacher) if teacher else (None, None)
-    run_cfg = cfg.run_config(sampled, str(out), teacher["path"] if teacher else None)
+    run_cfg = trial_run_config(cfg, sampled, str(out), teacher["path"] if teacher else None)
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))  # trials share the node's cores
     gpu = cfg.resources.gpu
     if torch.cuda.is_available() and 0 < gpu < 1:
         torch.cuda.set_per_process_memory_fraction(float(gpu))
     extra = zero_copy_report(data)
     prepared = prepare_run(run_cfg, splits=splits_from_shared(data), teacher=t_model, teacher_arch=t_arch)
-    reporter = TuneReporter(out, extra)
-    callbacks: list[Callback] = [reporter]
+    callbacks: list[Callback] = [TuneReporter(out, extra)]
     if cfg.probe is not None:
         probe = ProbeCallback(
             prepared.distiller.student, splits_from_shared(probe_data), cfg.probe, run_cfg.train.epochs, prepared.device
         )
         callbacks.insert(0, probe)
-    if (out / "last.pt").exists() and (out / "metrics.jsonl").exists():  # keep best_val_acc across restarts
-        import json
-
-        vals = [json.loads(line).get("val_acc") for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-        vals = [v for v in vals if v is not None and not math.isnan(v)]
-        reporter.best = max(vals) if vals else None
     try:
         fit(prepared, callbacks)
     except NonFiniteLossError as exc:

@@ -2,7 +2,7 @@
 
 Ray's ``OptunaSearch.on_trial_complete`` tells Optuna COMPLETE with the last reported value, so a
 trial ASHA stopped after its grace period enters TPE as if its early accuracy were final
-(ray-optuna-mlflow notes, gotcha 6). TPE ranks PRUNED trials by the step they reached and then by
+(docs/architecture.md, 'Optuna state'). TPE ranks PRUNED trials by the step they reached and then by
 value, which is the right reading of an early stop. A trial is PRUNED when it ended without an
 error before ``max_t`` iterations. Its final step is not delivered through ``on_trial_result``,
 so it is reported here before telling.
@@ -17,7 +17,7 @@ import math
 
 from ray.tune.search.optuna import OptunaSearch
 
-log = logging.getLogger("cktf")
+log = logging.getLogger(__name__)
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):

@@ -1,0 +1,358 @@
+"""The study file's schema: one typed model per section, validated in one pass (``cktf schema`` prints it).
+
+A study is one search over a distiller's hyper-parameters for a fixed (dataset, teacher, student) pair and a fixed
+training recipe. :class:`StudyConfig` is the whole file; its sections reuse the trainer's own configs
+(:class:`~cktf.data.DataConfig`, :class:`~cktf.train.OptimConfig`, :class:`~cktf.train.TrainConfig`,
+:class:`~cktf.transfer.ProbeConfig`) and the method's config (``params``, checked by the method itself through
+:func:`~cktf.distillers.objective`). Every error carries its field path (``search.space.alpha1``).
+
+What needs no data is checked here (names, bounds, the space against the method, the teacher's shape of spec,
+ASHA and sampler settings); what needs the decoded data or a dry build is checked by :mod:`.validate`.
+``docs/studies.md`` describes every field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from ...config import Config, lookup
+from ...data import DATASETS, DataConfig
+from ...distillers import Objective, objective
+from ...errors import ConfigError
+from ...models import MODELS
+from ...registry import import_plugins
+from ...space import ParamSpec
+from ...train.config import OptimConfig, TrainConfig
+from ...transfer.probe import ProbeConfig
+
+#: ``train.*`` fields a study may search (``seed``: repeats of an ablation arm)
+SEARCHABLE_TRAIN = ("batch_size", "seed")
+#: sections of the recipe a search-space name may address besides the method's own fields
+RECIPE_SECTIONS = ("optim", "train")
+
+
+class TeacherSpec(Config):
+    """The study's teacher: an existing cktf checkpoint, or an architecture trained once per study."""
+
+    checkpoint: str | None = None
+    """a .safetensors written by cktf (its architecture is in the header)"""
+    arch: str | None = None
+    """trained once on the study's train split (or teacher.data) when no checkpoint is given"""
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    """the teacher's optimiser (paper recipe by default)"""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """the teacher's loop settings"""
+    data: DataConfig | None = None
+    """the source domain (transfer studies); default: the study's data"""
+
+
+class ProbeSpec(Config):
+    """Transfer studies (Section 3.2): after distilling on the target's unlabeled images, a linear probe on the
+    target's labeled data. Every epoch a quick probe (cached features, ``quick_epochs``) gives ASHA its metric;
+    after the last epoch the full probe (``recipe``) runs and its per-epoch curve is logged (Fig. 2)."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    """labeled target: train (a seeded val split is held out) and test"""
+    recipe: ProbeConfig = Field(default_factory=ProbeConfig)
+    """the full probe after the last epoch (official: 240 epochs of SGD)"""
+    every: Literal[1] = 1
+    """quick probe every epoch (ASHA and Optuna need the metric at each report)"""
+    quick_epochs: int = Field(10, ge=1)
+    """epochs of the per-epoch quick probe on cached features"""
+
+
+class SearchSpec(Config):
+    """What is searched and how trials are compared."""
+
+    metric: str = "val_acc"
+    """a metric every trial reports each epoch (checked before Ray starts); tuning never looks at test_*"""
+    mode: Literal["max", "min"] = "max"
+    """max for accuracies, min for losses"""
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    """searched parameters (empty: the method's own default space)"""
+    num_samples: int = Field(16, ge=1)
+    """trials of the search"""
+    enqueue_baseline: bool = True
+    """the official defaults run first (trial 0), so the report compares the best against them"""
+    baseline: dict[str, Any] = Field(default_factory=dict)
+    """overrides of that first point (default: the method's official defaults)"""
+    protect_baseline: bool = True
+    """ASHA never stops the baseline early: it is compared fully trained"""
+
+
+class AshaSpec(Config):
+    """ASHA settings; ``max_t`` is ``train.epochs`` (one Tune iteration = one epoch)."""
+
+    grace_period: int = Field(1, ge=1)
+    """epochs every trial runs before ASHA may stop it (<= train.epochs)"""
+    reduction_factor: float = Field(2.0, gt=1)
+    """keep the top 1/reduction_factor at each rung"""
+    brackets: int = Field(1, ge=1)
+    """ASHA brackets"""
+
+
+class SamplerSpec(Config):
+    """Optuna's sampler."""
+
+    name: Literal["tpe", "random", "grid"] = "tpe"
+    """tpe | random | grid (every combination of categorical choices once: ablations)"""
+    seed: int = 0
+    """sampler seed"""
+    n_startup_trials: int = Field(5, ge=0)
+    """random trials before TPE models the space"""
+    multivariate: bool = True
+    """multivariate TPE"""
+
+
+class ResourceSpec(Config):
+    """Per-trial resources; a GPU fraction below 1 packs trials on one GPU (each keeps to its memory share)."""
+
+    cpu: float = Field(1.0, gt=0)
+    """CPU cores per trial (also its torch thread count)"""
+    gpu: float = Field(0.0, ge=0)
+    """GPUs per trial: a fraction in (0, 1] or a whole number"""
+
+    @model_validator(mode="after")
+    def _fraction(self) -> ResourceSpec:
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ConfigError("gpu", f"must be a fraction in [0, 1] or a whole number, got {self.gpu}")
+        return self
+
+
+class MlflowSpec(Config):
+    """Where the study's lineage goes."""
+
+    tracking_uri: str = Field("sqlite:///mlflow.db", min_length=1)
+    """sqlite:///mlflow.db, or a tracking server (http://host:5000)"""
+    experiment: str | None = None
+    """experiment name (default: cktf-<study name>)"""
+
+
+class StudyConfig(Config):
+    """One study file. ``workdir/name`` holds the study's own state (teacher, trial index, report);
+    ``storage_path`` is Ray's (trial checkpoints): local, a shared mount, ``s3://`` or ``gs://``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """the study's name: a directory name (letters, digits, _ . -)"""
+    plugins: list[str] = Field(default_factory=list)
+    """modules imported before the study is checked and in every trial: your own methods, models or datasets,
+    which register themselves on import (e.g. my_lab.methods)"""
+    student: str
+    """the student architecture (cktf models)"""
+    distiller: str
+    """a method, preset or combination (cktf distillers)"""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """the data distilled on (and the val split trials are compared on)"""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """fixed fields of the method (not searched): alpha1, fitnet.beta, theta, ..."""
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    """the students' optimiser"""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """the students' loop settings (train.epochs is ASHA's max_t)"""
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    """an existing checkpoint, or an architecture trained once per study"""
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    """what is searched and how trials are compared"""
+    asha: AshaSpec = Field(default_factory=AshaSpec)
+    """the early-stopping scheduler (one rung per grace_period * reduction_factor^k epochs)"""
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    """Optuna's sampler"""
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    """what each trial gets"""
+    max_concurrent: int = Field(0, ge=0)
+    """trials at once (0: as many as the resources allow)"""
+    max_failures: int = Field(2, ge=0)
+    """retries of a failed trial, each from its last checkpoint (infrastructure failures)"""
+    keep_checkpoints: int = Field(2, ge=1)
+    """checkpoints Ray keeps per trial"""
+    workdir: str = "runs/studies"
+    """the study's own folder is workdir/name"""
+    storage_path: str | None = None
+    """Ray's storage (trial checkpoints): local path, shared mount, s3:// or gs:// (default: workdir/name/ray)"""
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    """where the study's lineage goes"""
+    probe: ProbeSpec | None = None
+    """transfer studies: distil on unlabeled images, then probe (metric probe_val_acc)"""
+    source: SkipJsonSchema[str | None] = None
+    """set by the loader: the YAML file this came from"""
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def objective(self) -> Objective:
+        return objective(self.distiller)
+
+    @property
+    def space(self) -> dict[str, ParamSpec]:
+        """The searched space: the file's, or the method's own default when the file names none."""
+        return dict(self.search.space) if self.search.space else self.objective.default_space()
+
+    @property
+    def image_size(self) -> int:
+        """Side of the model input as far as known without data (0 for imagefolder data until read)."""
+        return self.data.image_size or DATASETS.get(self.data.dataset).image_size
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.workdir).expanduser().resolve() / self.name
+
+    @property
+    def ray_storage(self) -> str:
+        if self.storage_path:
+            return self.storage_path if "://" in self.storage_path else str(Path(self.storage_path).resolve())
+        return str(self.study_dir / "ray")
+
+    @property
+    def experiment(self) -> str:
+        return self.mlflow.experiment or f"cktf-{self.name}"
+
+    @property
+    def max_t(self) -> int:
+        return self.train.epochs
+
+    @property
+    def unlabeled(self) -> bool:
+        """Whether distillation sees images only (no CE, no val accuracy)."""
+        return self.data.drop_labels or DATASETS.get(self.data.dataset).train_split == "unlabeled"
+
+    def recipe(self) -> dict[str, Any]:
+        """The study's fixed recipe as dotted ``optim.*`` / ``train.*`` values."""
+        out = {f"optim.{k}": v for k, v in self.optim.model_dump().items()}
+        out.update({f"train.{k}": v for k, v in self.train.model_dump().items()})
+        return out
+
+    # ------------------------------------------------------------------ validation (no data needed)
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data: Any) -> Any:
+        """The plugins register their methods and models before any name of the file is looked up."""
+        if isinstance(data, dict) and isinstance(data.get("plugins"), list):
+            import_plugins(str(m) for m in data["plugins"])
+        return data
+
+    @model_validator(mode="after")
+    def _check_study(self) -> StudyConfig:
+        lookup("student", MODELS.get, self.student)
+        method = self.objective
+        size = self.image_size or 32
+        _check_teacher(self, method)
+        method.parse(self.params, size, where="params")
+        _check_space(self, method, size)
+        _check_transfer(self)
+        if self.asha.grace_period > self.max_t:
+            raise ConfigError(
+                "asha.grace_period", f"must be in [1, train.epochs={self.max_t}], got {self.asha.grace_period}"
+            )
+        if self.sampler.name == "grid":
+            loose = sorted(k for k, v in self.space.items() if v.type != "categorical")
+            if loose:
+                raise ConfigError(f"search.space.{loose[0]}", "a grid needs categorical parameters", "list its choices")
+            size = 1
+            for v in self.space.values():
+                size *= len(v.choices or ())
+            if self.search.num_samples != size:
+                raise ConfigError("search.num_samples", f"the grid has {size} points", f"set num_samples: {size}")
+        return self
+
+
+def _check_teacher(cfg: StudyConfig, method: Objective) -> None:
+    t = cfg.teacher
+    if not method.needs_teacher:
+        if t.checkpoint or t.arch:
+            raise ConfigError("teacher", f"distiller {cfg.distiller!r} trains without a teacher", "drop the teacher")
+        return
+    if bool(t.checkpoint) == bool(t.arch):
+        raise ConfigError(
+            "teacher",
+            "give exactly one of teacher.checkpoint (a cktf .safetensors) or teacher.arch (trained once per study)",
+            "e.g. teacher: {arch: resnet32x4, train: {epochs: 240}}",
+        )
+    if t.arch:
+        lookup("teacher.arch", MODELS.get, t.arch)
+
+
+def _check_space(cfg: StudyConfig, method: Objective, size: int) -> None:
+    """Every searched name exists, and every extreme value of the space gives a valid config."""
+    space = cfg.space
+    for name, spec in space.items():
+        section, _, sub = name.partition(".")
+        if section == "optim":
+            if sub not in OptimConfig.model_fields:
+                raise ConfigError(
+                    f"search.space.{name}", "unknown optimiser field", f"known: {', '.join(OptimConfig.model_fields)}"
+                )
+            for v in spec.probe_values():
+                try:
+                    cfg.optim.replace(**{sub: v})
+                except ConfigError as exc:
+                    raise ConfigError(f"search.space.{name}{exc.field[len(sub) :]}", exc.problem, exc.fix) from None
+        elif section == "train":
+            if sub not in SEARCHABLE_TRAIN:
+                raise ConfigError(f"search.space.{name}", "not searchable", f"train fields: {list(SEARCHABLE_TRAIN)}")
+        if name in cfg.params:
+            raise ConfigError(f"search.space.{name}", "is also fixed in params", "keep it in one of the two")
+    base = baseline_point(cfg, size)
+    distill_space = {k: v for k, v in space.items() if k.partition(".")[0] not in RECIPE_SECTIONS}
+    for name, spec in distill_space.items():
+        for v in spec.probe_values():
+            point = {**cfg.params, **{k: x for k, x in base.items() if k in distill_space}, name: v}
+            try:
+                method.parse(point, size)
+            except ConfigError as exc:
+                raise ConfigError(f"search.space.{name}", f"value {v!r}: {exc.problem}", exc.fix) from None
+
+
+def _check_transfer(cfg: StudyConfig) -> None:
+    metric = cfg.search.metric
+    if cfg.probe is None:
+        if cfg.unlabeled:
+            raise ConfigError(
+                "probe", "the distillation data has no labels, so trials need a probe to be compared", "add probe:"
+            )
+        return
+    p = cfg.probe
+    if p.data.drop_labels or DATASETS.get(p.data.dataset).train_split == "unlabeled":
+        raise ConfigError("probe.data", "the probe trains on labels", "point it at the target's labeled split")
+    if not metric.startswith("probe_"):
+        raise ConfigError("search.metric", f"{metric!r} is not measured in a transfer study", "use probe_val_acc")
+    if cfg.teacher.arch and cfg.teacher.data is None and cfg.unlabeled:
+        raise ConfigError("teacher.data", "a teacher cannot be trained on unlabeled images", "give the source data")
+
+
+def baseline_point(cfg: StudyConfig, image_size: int) -> dict[str, Any]:
+    """The trial enqueued first: each searched field at the method's default (the official code's value), unless
+    ``search.baseline`` sets it; the study's fixed recipe wins over the paper's; fields whose default lies outside
+    the space are left to the sampler."""
+    import math
+
+    space, overrides = cfg.space, cfg.search.baseline
+    defaults = cfg.objective.defaults(cfg.params, image_size)
+    defaults.update(cfg.recipe())
+    for name, value in overrides.items():
+        if name not in space:
+            raise ConfigError(f"search.baseline.{name}", "is not a searched parameter", "list it in search.space")
+        if not space[name].contains(value):
+            raise ConfigError(f"search.baseline.{name}", f"{value!r} lies outside the searched range", "fix either")
+    point: dict[str, Any] = {}
+    for name, spec in space.items():
+        value = overrides[name] if name in overrides else defaults.get(name)
+        if value is None or isinstance(value, float) and math.isnan(value):
+            continue
+        if spec.contains(value):
+            point[name] = value
+    return point
+
+
+def study_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a study file (``cktf schema``), for editors (yaml-language-server) and checks."""
+    schema = StudyConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "cktf study"
+    schema["description"] = (
+        "A cktf hyper-parameter study (cktf tune FILE). Every field is described in docs/studies.md; "
+        "strings may use ${VAR} or ${VAR:-default} for variables the study lists under env."
+    )
+    return schema

@@ -1,0 +1,176 @@
+"""A study checked against its data and models, resolved once into an immutable :class:`StudyPlan`.
+
+:func:`plan_study` decodes the data (cached, so about a second), checks what needs it -- the models' input sizes,
+the negatives each trial may ask for against the label-aware pool, a dry build *and one dry step* of the baseline
+trial's distiller on freshly initialised models (pairs a method cannot handle fail now, not in every trial after the
+teacher has trained), the selection metric against what a trial reports -- and returns the plan the driver only
+executes: the study, the resolved search space and baseline point, the data, and the facts derived from them.
+Nothing here starts Ray or trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...data import Splits, load_splits
+from ...distillers import DistillContext
+from ...errors import ConfigError
+from ...models import create_model
+from ...space import ParamSpec
+from ...train.checkpoint import read_weights_meta
+from ...train.engine import epoch_metric_names
+from ...transfer.probe import QUICK_PROBE_METRICS
+from ..results.reader import BEST_EPOCH, LAST_EPOCH
+from .schema import RECIPE_SECTIONS, StudyConfig, baseline_point
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Everything a study run needs, checked: the driver reads this and decides nothing else."""
+
+    study: StudyConfig
+    splits: Splits
+    probe_splits: Splits | None
+    teacher_arch: str | None
+    image_size: int
+    space: Mapping[str, ParamSpec]
+    baseline: Mapping[str, Any]
+    metrics: tuple[str, ...]  # what every trial reports each epoch (the selection metric is one of them)
+    selection: str  # BEST_EPOCH or LAST_EPOCH
+
+    @property
+    def num_trials(self) -> int:
+        return self.study.search.num_samples
+
+
+def plan_study(cfg: StudyConfig, progress: bool = True) -> StudyPlan:
+    """Decode the data, check the study against it and the models, and resolve the plan (see the module doc)."""
+    from ...train.runner import check_arch
+
+    splits = load_splits(cfg.data, progress=progress)
+    teacher_arch = cfg.teacher.arch
+    if cfg.teacher.checkpoint:
+        teacher_arch = read_weights_meta(cfg.teacher.checkpoint, "teacher.checkpoint")["arch"]
+    size = splits.image_size
+    check_arch(cfg.student, size, "student")
+    if teacher_arch:
+        check_arch(teacher_arch, size, "teacher")
+    probe_splits = None
+    if cfg.probe is not None:  # the target's labeled splits for the linear probe (transfer studies)
+        probe_splits = load_splits(cfg.probe.data, progress=progress)
+        if not probe_splits.train.labeled:
+            raise ConfigError("probe.data", "its train split has no labels", "point it at the labeled target split")
+    space = cfg.space
+    baseline = baseline_point(cfg, size)
+    losses = dry_step(cfg, splits, teacher_arch, baseline)
+    metrics = epoch_metric_names(
+        losses,
+        train_acc=_gamma(cfg, baseline, size) > 0,
+        val=splits.val is not None and len(splits.val) > 0,
+        test=cfg.train.eval_test,
+    )
+    if cfg.probe is not None:
+        metrics += tuple(QUICK_PROBE_METRICS)
+    check_metric(cfg, metrics)
+    check_negatives(cfg, splits, space, baseline)
+    return StudyPlan(
+        study=cfg,
+        splits=splits,
+        probe_splits=probe_splits,
+        teacher_arch=teacher_arch,
+        image_size=size,
+        space=space,
+        baseline=baseline,
+        metrics=metrics,
+        selection=LAST_EPOCH if cfg.probe is not None else BEST_EPOCH,
+    )
+
+
+def _method_point(baseline: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in baseline.items() if k.partition(".")[0] not in RECIPE_SECTIONS}
+
+
+def _gamma(cfg: StudyConfig, baseline: Mapping[str, Any], size: int) -> float:
+    return cfg.objective.parse({**cfg.params, **_method_point(baseline)}, size).primary.gamma
+
+
+def check_metric(cfg: StudyConfig, metrics: tuple[str, ...]) -> None:
+    """``search.metric`` must be reported by every trial, and never be a test-split metric."""
+    metric = cfg.search.metric
+    selectable = [m for m in metrics if "test" not in m.split("_")]
+    if metric in metrics and metric not in selectable:
+        raise ConfigError(
+            "search.metric",
+            f"{metric!r} is measured on the test split, which is never used to select",
+            f"use one of {', '.join(selectable)}",
+        )
+    if metric not in metrics:
+        raise ConfigError(
+            "search.metric", f"{metric!r} is not reported by the trials", f"use one of {', '.join(selectable)}"
+        )
+
+
+def dry_step(
+    cfg: StudyConfig, splits: Splits, teacher_arch: str | None, baseline: Mapping[str, Any]
+) -> tuple[str, ...]:
+    """Build the baseline trial's distiller on freshly initialised models and run one forward step on two random
+    images; returns the names of the loss terms it reports. Pair errors (FSP channel mismatches, VGG vs ResNet stage
+    pairings, adapters that cannot map a shape) surface here as a :class:`ConfigError` on ``distiller``."""
+    num_classes = splits.num_classes
+    size = splits.image_size
+    student = create_model(cfg.student, num_classes=num_classes)
+    teacher = create_model(teacher_arch, num_classes=num_classes) if teacher_arch else None
+    params = {**cfg.params, **_method_point(baseline)}
+    n_rows = 64
+    ctx = DistillContext(num_classes=num_classes, num_train_samples=n_rows, image_size=size)
+    method = cfg.objective
+    try:
+        distiller = method.build(student, teacher, params, ctx)
+        batch: dict[str, torch.Tensor] = {
+            "image": torch.randn(2, 3, size, size),
+            "target": torch.zeros(2, dtype=torch.long),
+            "index": torch.arange(2),
+        }
+        k = distiller.contrast_negatives()
+        if k is not None:
+            batch["contrast_idx"] = torch.randint(0, n_rows, (2, k + 1))
+        with torch.no_grad():
+            out = distiller(batch)
+    except ConfigError as exc:
+        raise ConfigError(exc.field.replace("distill.", "params."), exc.problem, exc.fix) from None
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(
+            "distiller", f"{cfg.distiller} cannot pair teacher {teacher_arch} with student {cfg.student}: {exc}"
+        ) from None
+    return tuple(out.losses)
+
+
+def check_negatives(cfg: StudyConfig, splits: Splits, space: Mapping[str, ParamSpec], baseline: Mapping[str, Any]):
+    """The most negatives any trial may draw (over the space's extreme values) must fit the label-aware pool."""
+    from ...data import ContrastConfig, ContrastSampler
+
+    method, size = cfg.objective, splits.image_size
+    searched = {k: v for k, v in space.items() if k.partition(".")[0] not in RECIPE_SECTIONS}
+    # every searched field at a value of its range (the baseline's, else its first extreme), the rest fixed
+    base = {**cfg.params, **{k: v.probe_values()[0] for k, v in searched.items()}, **_method_point(baseline)}
+    k, where = method.parse(base, size).negatives(), "params"
+    if k is None:
+        return
+    for name, spec in searched.items():
+        for v in spec.probe_values():
+            kv = method.parse({**base, name: v}, size).negatives()
+            if kv is not None and kv > k:
+                k, where = kv, f"search.space.{name}"
+    try:
+        ContrastSampler(
+            splits.train.targets,
+            ContrastConfig(k=k, mode=cfg.data.contrast_mode, replace=splits.contrast_replace),
+            "cpu",
+        )
+    except ConfigError as exc:
+        field = where if where != "params" else exc.field.replace("distill.", "params.")
+        raise ConfigError(field, exc.problem, exc.fix) from None

@@ -1,0 +1,260 @@
+"""The one reader of a study's results: its trial index and state, and what "best" means.
+
+* :class:`TrialIndex` -- ``trials/<trial_id>.json`` in the study's folder, one small file per trial (config,
+  status, per-epoch history, latest checkpoint, MLflow run id). The driver's MLflow callback writes it; everything
+  else reads it without Ray. It is the source of truth for what each trial did (docs/architecture.md).
+* ``state.json`` -- the study's own facts: the selection metric and mode, how a trial's history is judged (its best
+  epoch, or its last in transfer studies), the plan's size, the baseline point, the MLflow parent run, its status.
+* :class:`StudyResults` -- one object over both, used by export, report, the MLflow callback and the CLI: trials,
+  statuses and counts, the selected epoch and score of each trial, the best finished trial by ``search.metric``
+  and ``search.mode``, the baseline (official defaults) trial.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import ConfigError
+from .store import StudyStore, is_uri
+
+RUNNING, FINISHED, PRUNED, FAILED = "running", "finished", "pruned", "failed"
+#: a trial in one of these has ended for good (failed: after its retries)
+TERMINAL = (FINISHED, PRUNED, FAILED)
+MLFLOW_STATUS = {FINISHED: "FINISHED", PRUNED: "KILLED", FAILED: "FAILED", RUNNING: "RUNNING"}
+STATE_FILE = "state.json"
+#: how a trial's history is judged: its best epoch by the metric, or (transfer studies) its last epoch
+BEST_EPOCH, LAST_EPOCH = "best_epoch", "last_epoch"
+
+#: metric names (prefixes) that reach the index and MLflow; Ray's bookkeeping keys (pid, timestamp, config/...) do not
+METRIC_PREFIXES = ("loss/", "train_acc", "val_", "test_", "probe_", "lr", "epoch_time_s", "eval_time_s", "images_per_s")
+
+
+def wanted_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in result.items():
+        if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+def as_store(study: StudyStore | str | os.PathLike) -> StudyStore:
+    return study if isinstance(study, StudyStore) else StudyStore(study)
+
+
+def select_epoch(history: list[dict[str, Any]], metric: str, mode: str = "max", selection: str = BEST_EPOCH) -> dict:
+    """The epoch a trial is judged by: its best ``metric`` epoch in ``mode`` order, or its last epoch
+    (``LAST_EPOCH``: transfer studies, whose last epoch carries the full probe of the exported weights)."""
+    rows = [h for h in history if _finite(h.get(metric))]
+    if not rows:
+        return {}
+    if selection == LAST_EPOCH:
+        return rows[-1]
+    pick = max if mode == "max" else min
+    return pick(rows, key=lambda h: h[metric])
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def test_metric_of(metric: str) -> str:
+    """The test-split counterpart of a selection metric (``val_acc`` -> ``test_acc``; else ``test_acc``)."""
+    return metric.replace("val_", "test_", 1) if "val_" in metric else "test_acc"
+
+
+class TrialIndex:
+    """``trials/<trial_id>.json`` in a study's store: what cktf knows about each trial (atomic rewrites)."""
+
+    def __init__(self, study: StudyStore | str | os.PathLike):
+        self.store = as_store(study)
+
+    def get(self, trial_id: str) -> dict[str, Any]:
+        return self.store.read_json("trials", f"{trial_id}.json", default={})
+
+    def update(self, trial_id: str, **fields: Any) -> dict[str, Any]:
+        rec = self.get(trial_id)
+        rec.update(fields, trial_id=trial_id)
+        self.store.write_json(rec, "trials", f"{trial_id}.json")
+        return rec
+
+    def all(self) -> list[dict[str, Any]]:
+        recs = [self.store.read_json("trials", name, default={}) for name in self.store.list("trials", suffix=".json")]
+        return sorted((r for r in recs if r), key=lambda r: r.get("created", 0))
+
+
+def read_state(study: StudyStore | str | os.PathLike) -> dict[str, Any]:
+    return as_store(study).read_json(STATE_FILE, default={}) or {}
+
+
+def write_state(study: StudyStore | str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    store = as_store(study)
+    state = {**read_state(store), **fields}
+    store.write_json(state, STATE_FILE)
+    return state
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One trial as the study judges it: its index record, its selected epoch and that epoch's score."""
+
+    record: dict[str, Any]
+    epoch_row: dict[str, Any]
+    score: float | None
+    test: float | None
+
+    @property
+    def trial_id(self) -> str:
+        return self.record["trial_id"]
+
+    @property
+    def status(self) -> str:
+        return self.record.get("status", RUNNING)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.record.get("config", {})
+
+    @property
+    def baseline(self) -> bool:
+        return bool(self.record.get("baseline"))
+
+    @property
+    def epochs(self) -> int:
+        return len(self.record.get("history", []))
+
+    @property
+    def epoch(self) -> int | None:
+        return self.epoch_row.get("epoch")
+
+
+class StudyResults:
+    """A study's results as one object: trials, statuses, per-epoch histories, the best and the baseline trial.
+
+    ``metric``/``mode``/``selection`` come from the study's ``state.json`` (written by the driver before the first
+    trial); arguments override them (a synthetic index in a test, a reader before the state exists).
+    """
+
+    def __init__(
+        self,
+        study: StudyStore | str | os.PathLike,
+        metric: str | None = None,
+        mode: str | None = None,
+        selection: str | None = None,
+    ):
+        self.store = as_store(study)
+        self.state = read_state(self.store)
+        self.metric = metric or self.state.get("metric", "val_acc")
+        self.mode = mode or self.state.get("mode", "max")
+        self.selection = selection or self.state.get("selection", BEST_EPOCH)
+        self.test_metric = test_metric_of(self.metric)
+        self.index = TrialIndex(self.store)
+        self._records: list[dict[str, Any]] | None = None
+
+    @property
+    def study_dir(self) -> str:
+        return self.store.uri
+
+    @property
+    def name(self) -> str:
+        return self.store.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    def records(self) -> list[dict[str, Any]]:
+        if self._records is None:
+            self._records = self.index.all()
+        return self._records
+
+    def judge(self, record: dict[str, Any]) -> TrialResult:
+        row = select_epoch(record.get("history", []), self.metric, self.mode, self.selection)
+        score = row.get(self.metric)
+        return TrialResult(record, row, float(score) if _finite(score) else None, row.get(self.test_metric))
+
+    def trials(self) -> list[TrialResult]:
+        return [self.judge(r) for r in self.records()]
+
+    def counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in (FINISHED, PRUNED, FAILED, RUNNING)}
+        for t in self.trials():
+            counts[t.status] = counts.get(t.status, 0) + 1
+        return counts
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.mode == "max" else a < b
+
+    def sort_key(self, t: TrialResult) -> tuple[int, float]:
+        """Best first in the study's mode; trials without a score last."""
+        if t.score is None:
+            return (1, 0.0)
+        return (0, -t.score if self.mode == "max" else t.score)
+
+    def ranked(self, status: str | None = None) -> list[TrialResult]:
+        """Trials best first (``status``: only those)."""
+        rows = [t for t in self.trials() if status is None or t.status == status]
+        return sorted(rows, key=self.sort_key)
+
+    def best(self, required: bool = False) -> TrialResult | None:
+        """The best *finished* trial (ran every epoch; pruned and failed trials are not candidates) that has a
+        checkpoint, by ``metric`` in ``mode`` order at its selected epoch."""
+        scored = [t for t in self.ranked(FINISHED) if t.score is not None and t.record.get("checkpoint")]
+        if scored:
+            return scored[0]
+        if required:
+            raise ConfigError(
+                "study",
+                f"no trial of {self.study_dir} has finished yet",
+                "run or resume the study (cktf tune ... --resume)",
+            )
+        return None
+
+    def baseline(self) -> TrialResult | None:
+        return next((t for t in self.trials() if t.baseline), None)
+
+    def gain_over_baseline(self) -> float | None:
+        """``best - baseline`` in the metric's units, signed so that a positive value is an improvement."""
+        best, base = self.best(), self.baseline()
+        if best is None or base is None or base.score is None or best.score is None:
+            return None
+        return best.score - base.score if self.mode == "max" else base.score - best.score
+
+
+def resolve_study_dir(study: str | os.PathLike, workdir: str = "runs/studies") -> str:
+    """A study folder (local or ``s3://``), a study YAML (its workdir/name) or a bare study name under ``workdir``."""
+    text = str(study)
+    if is_uri(text):
+        store = StudyStore(text)
+        if store.exists(STATE_FILE) or store.list("trials"):
+            return store.uri
+        raise ConfigError("study", f"no study found at {text}", "pass the study's folder, YAML file or name")
+    p = Path(text)
+    if p.is_file() and p.suffix in (".yaml", ".yml"):
+        from ..plan.load import load_study
+
+        return str(load_study(p).study_dir)
+    for cand in (p, Path(workdir) / text):
+        if (cand / "trials").is_dir() or (cand / STATE_FILE).exists():
+            return str(cand.resolve())
+    raise ConfigError("study", f"no study found at {study} (nor under {workdir}/)", "pass a study dir, YAML or name")
+
+
+__all__ = [
+    "BEST_EPOCH",
+    "FAILED",
+    "FINISHED",
+    "LAST_EPOCH",
+    "MLFLOW_STATUS",
+    "PRUNED",
+    "RUNNING",
+    "TERMINAL",
+    "StudyResults",
+    "TrialIndex",
+    "TrialResult",
+    "read_state",
+    "resolve_study_dir",
+    "select_epoch",
+    "wanted_metrics",
+    "write_state",
+]

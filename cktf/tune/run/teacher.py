@@ -1,0 +1,84 @@
+"""The study's teacher, obtained once: the given checkpoint, the study's saved one, or trained now as one Ray task.
+
+The trained teacher is saved as ``teacher.safetensors`` in the study's store and reused on resume; every trial
+receives it through the object store (:mod:`.shared`), never from disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ...distillers import SUPERVISED
+from ...registry import import_plugins
+from ...train.config import RunConfig
+from ..plan.schema import StudyConfig
+from ..plan.validate import StudyPlan
+from ..results.reader import write_state
+from ..results.store import StudyStore
+
+log = logging.getLogger(__name__)
+TEACHER_FILE = "teacher.safetensors"
+
+
+def teacher_run_config(cfg: StudyConfig, out_dir: str) -> RunConfig:
+    """The teacher's single-run config: plain cross-entropy on the source data (the study's data by default)."""
+    return RunConfig(
+        student=cfg.teacher.arch or "",
+        distiller=SUPERVISED,
+        data=cfg.teacher.data or cfg.data,
+        optim=cfg.teacher.optim,
+        train=cfg.teacher.train.replace(progress=False),
+        out_dir=out_dir,
+    )
+
+
+def _train_teacher_task(cfg: StudyConfig, data: dict[str, Any], out_dir: str) -> tuple[dict[str, Any], dict]:
+    """Ray task: train the study's teacher once on the shared train split (resumable in ``out_dir``)."""
+    from ...train.checkpoint import load_model
+    from ...train.runner import fit, prepare_run
+    from .shared import splits_from_shared, teacher_to_shared
+
+    import_plugins(cfg.plugins)
+    summary = fit(prepare_run(teacher_run_config(cfg, out_dir), splits=splits_from_shared(data)))
+    model, meta = load_model(summary["weights_best"])
+    return teacher_to_shared(model, meta, summary["weights_best"]), summary
+
+
+def obtain_teacher(plan: StudyPlan, store: StudyStore, data_ref: Any, progress: bool = True) -> dict[str, Any] | None:
+    """The shared teacher: the given checkpoint, the study's saved one, or trained now (once)."""
+    import ray
+
+    from ...train.checkpoint import load_model, save_model_weights
+    from .shared import splits_to_shared, teacher_from_shared, teacher_to_shared
+
+    cfg = plan.study
+    if not cfg.objective.needs_teacher:
+        return None
+    if cfg.teacher.checkpoint:
+        model, meta = load_model(cfg.teacher.checkpoint, "teacher.checkpoint")
+        return teacher_to_shared(model, meta, str(Path(cfg.teacher.checkpoint).resolve()))
+    scratch = Path(tempfile.mkdtemp(prefix="cktf-teacher-"))
+    if store.exists(TEACHER_FILE):
+        local = store.local_path(TEACHER_FILE) or store.download(scratch / TEACHER_FILE, TEACHER_FILE)
+        model, meta = load_model(local, "teacher")
+        log.info("teacher: reusing %s", store.uri_of(TEACHER_FILE))
+        return teacher_to_shared(model, meta, store.uri_of(TEACHER_FILE))
+    log.info("teacher: training %s for %d epochs (once per study)", cfg.teacher.arch, cfg.teacher.train.epochs)
+    gpu = 1 if cfg.resources.gpu > 0 else 0
+    task = ray.remote(_train_teacher_task).options(num_cpus=cfg.resources.cpu, num_gpus=gpu, max_retries=0)
+    if cfg.teacher.data is not None:  # the source domain (transfer): decoded here, shared with the task only
+        from ...data import load_splits
+
+        data_ref = ray.put(splits_to_shared(load_splits(cfg.teacher.data, progress=progress)))
+    out_dir = store.local_path("teacher") or scratch / "teacher"
+    shared, summary = ray.get(task.remote(cfg, data_ref, str(out_dir)))
+    model, _ = teacher_from_shared(shared)
+    meta = {**shared["meta"], "teacher_summary": summary}
+    local = store.local_path(TEACHER_FILE) or scratch / TEACHER_FILE
+    save_model_weights(local, model, meta)
+    store.upload(local, TEACHER_FILE)
+    write_state(store, teacher={k: summary.get(k) for k in ("val_acc", "test_acc", "epochs")})
+    return {**shared, "path": store.uri_of(TEACHER_FILE)}
