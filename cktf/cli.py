@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import parse_assignments
-from .errors import CKTFError
+from .errors import CKTFError, ConfigError
 from .registry import UnknownNameError
 
 EXIT_USAGE = 2
@@ -178,30 +178,77 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "data_root", None):
         out["data.root"] = args.data_root
     if getattr(args, "i_mean_it", False):
-        out["train.allow_long"] = True
+        out.update({"train.allow_long": True, "teacher.train.allow_long": True, "search.allow_large": True})
     return out
 
 
+#: exit codes of ``cktf tune``: complete; a usage error (nothing ran); incomplete (resumable); every trial failed
+EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_ALL_FAILED = 0, 3, 4
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command that continues this study, as typed (the overrides are also stored with the study)."""
+    import shlex
+
+    parts = ["cktf", "tune", args.study, "--resume"]
+    for item in args.set or []:
+        parts += ["--set", item]
+    if args.data_root:
+        parts += ["--data-root", args.data_root]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
-    """Run or resume a study; exit 0 when complete, 3 when it ended early (resume it with --resume)."""
+    """Run or resume a study; exit 0 when complete, 3 when it ended early (resumable), 4 when every trial failed."""
+    if not os.environ.get("RAY_ADDRESS"):
+        # a local Ray binds 127.0.0.1 only (set before Ray is imported; docs/security.md)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from .tune.plan import load_study, plan_study
+    from .tune.results.reader import read_state
+    from .tune.results.store import StudyStore
+    from .tune.run.lock import StudyLock
 
-    cfg = load_study(args.study, _overrides(args))
-    plan = plan_study(cfg, progress=not args.quiet)
-    from .tune.run import run_study
+    overrides = _overrides(args)
+    cfg = load_study(args.study, overrides)
+    store = StudyStore(cfg.study_dir)
+    try:
+        with StudyLock(store, cfg.name).acquire(args.break_lock) as lock:  # first: a second driver learns who runs it
+            state = read_state(store)
+            if args.resume and state.get("overrides") and not overrides:
+                overrides = state["overrides"]  # `--resume` alone continues the study as it was started
+                cfg = load_study(args.study, overrides)
+            elif state.get("parent_run_id") and not args.resume:
+                raise ConfigError(
+                    "name", f"study {cfg.name!r} already exists in {store.uri}", "pass --resume to continue it"
+                )
+            plan = plan_study(cfg, progress=not args.quiet)
+            from .tune.run import run_study
 
-    outcome = run_study(plan, resume=args.resume, progress=not args.quiet)
+            outcome = run_study(plan, resume=args.resume, progress=not args.quiet, lock=lock, overrides=overrides)
+    except KeyboardInterrupt:
+        print(f"cktf: interrupted; continue the study with: {_resume_command(args)}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     counts = ", ".join(f"{k} {v}" for k, v in outcome.counts.items() if v)
-    print(f"study {cfg.name}: {'complete' if outcome.complete else 'INCOMPLETE'} ({counts}) in {outcome.wall_s:.0f}s")
+    print(
+        f"study {cfg.name}: {outcome.status.upper() if not outcome.complete else 'complete'} ({counts}) "
+        f"in {outcome.wall_s:.0f}s"
+    )
     if outcome.best:
         b = outcome.best
         test = f", test {b.test:.2f}" if b.test is not None else ""
         print(f"best trial {b.trial_id}: {outcome.metric} {b.score:.4g}{test} (epoch {b.epoch})")
     print(f"study dir: {outcome.study_dir}  (cktf report / cktf export {outcome.study_dir} --out student.safetensors)")
+    if outcome.status == "failed":
+        from .tune.results.reader import StudyResults
+
+        first = next((t.record.get("error") for t in StudyResults(store).trials() if t.record.get("error")), "")
+        reason = (first or "").strip().splitlines()[-1:] or ["see the trials' errors in the trial index"]
+        print(f"cktf: every trial failed, so the study has no result; the first error: {reason[0]}", file=sys.stderr)
+        return EXIT_ALL_FAILED
     if not outcome.complete:
-        print(f"cktf: the study ended early; continue it with: cktf tune {args.study} --resume", file=sys.stderr)
-        return 3
-    return 0
+        print(f"cktf: the study ended early; continue it with: {_resume_command(args)}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_COMPLETE
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -240,7 +287,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """Open the MLflow UI on the study store, bound to localhost (port-forward to reach it remotely)."""
+    """Open the MLflow UI on the study store, bound to localhost (port-forward to reach it remotely). SIGINT and
+    SIGTERM are passed on to the server, which is waited for, so it never outlives this command."""
+    import signal
     import subprocess
 
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri]
@@ -248,7 +297,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print("running:", " ".join(cmd))
     if args.dry_run:
         return 0
-    return subprocess.call(cmd)
+    server = subprocess.Popen(cmd)
+
+    def forward(signum, frame):
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                return server.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C before the server stopped: keep waiting for it
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -345,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="override data.root of the study file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study field (search.num_samples=4)")
     p.add_argument("--quiet", action="store_true", help="no Ray progress tables")
-    p.add_argument("--i-mean-it", action="store_true", help="accept more than train.MAX_EPOCHS epochs per trial")
+    p.add_argument("--i-mean-it", action="store_true", help="accept more than 2400 epochs or 1000 trials")
+    p.add_argument("--break-lock", action="store_true", help="take over a study whose lock is stale (refused if fresh)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("schema", help="print the JSON Schema of a study file (cktf schema > study.schema.json)")

@@ -25,3 +25,14 @@ class ConfigError(CKTFError, ValueError):
 
 class DataNotFoundError(CKTFError, FileNotFoundError):
     """A dataset is not where the data root says; the message says where it is expected and how to get it."""
+
+
+class UnsafeDataError(CKTFError):
+    """A data file is not what its format allows (e.g. a pickle that names code to run); it is never loaded."""
+
+    def __init__(self, problem: str, fix: str = ""):
+        self.problem, self.fix = problem, fix
+        super().__init__(problem + (f" (fix: {fix})" if fix else ""))
+
+    def __reduce__(self):
+        return (type(self), (self.problem, self.fix))

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# every Ray these tests start binds 127.0.0.1 only (read when Ray is first imported; docs/security.md)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 DATA_ROOT = Path(os.environ.get("CKTF_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 

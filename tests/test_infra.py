@@ -3,8 +3,11 @@ publicly and no secret is committed. Fast, offline: no Docker, Kubernetes or clo
 
 from __future__ import annotations
 
+import configparser
+import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,8 @@ K8S = INFRA / "k8s"
 COMPOSE = INFRA / "mlflow" / "docker-compose.yml"
 ENV_EXAMPLE = INFRA / "mlflow" / ".env.example"
 DOCKERFILE = INFRA / "docker" / "Dockerfile"
+MLFLOW_DOCKERFILE = INFRA / "mlflow" / "Dockerfile"
+MLFLOW_ENTRYPOINT = INFRA / "mlflow" / "entrypoint.sh"
 LAUNCHER_YAMLS = [INFRA / "ray" / "aws-gpu.yaml", INFRA / "ray" / "gcp-gpu.yaml"]
 SHARED = "/mnt/cluster_storage"
 LOCAL_ONLY = "127.0.0.1"
@@ -76,7 +81,11 @@ def test_infra_layout_exists():
         "k8s/rayjob.yaml",
         "k8s/pvc.yaml",
         "k8s/kustomization.yaml",
+        "k8s/networkpolicy.yaml",
         "mlflow/docker-compose.yml",
+        "mlflow/Dockerfile",
+        "mlflow/entrypoint.sh",
+        "mlflow/.dockerignore",
         "mlflow/.env.example",
         ".gitignore",
         "README.md",
@@ -100,6 +109,7 @@ def test_k8s_manifests_have_api_version_and_kind():
     kinds = {d["kind"]: d["apiVersion"] for _, d in objects}
     assert kinds["RayCluster"] == "ray.io/v1" and kinds["RayJob"] == "ray.io/v1"
     assert kinds["PersistentVolumeClaim"] == "v1"
+    assert kinds["NetworkPolicy"] == "networking.k8s.io/v1"
 
 
 def test_kustomization_lists_existing_files():
@@ -108,7 +118,7 @@ def test_kustomization_lists_existing_files():
         assert (K8S / res).is_file(), res
     # the RayJob brings its own cluster; applying it with the RayCluster would start two
     assert "rayjob.yaml" not in kust["resources"]
-    assert {"pvc.yaml", "raycluster.yaml"} <= set(kust["resources"])
+    assert {"pvc.yaml", "raycluster.yaml", "networkpolicy.yaml"} <= set(kust["resources"])
 
 
 # ----------------------------------------------------------------------------- Kubernetes
@@ -271,6 +281,402 @@ def test_env_files_are_git_ignored():
     assert subprocess.run([*check, "infra/mlflow/.env.example"]).returncode == 1
 
 
+# ----------------------------------------------------------------------------- security: Ray pods
+
+RAY_UID, RAY_GID = 1000, 100  # the rayproject image's `ray` user and its group `users`
+RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
+AUTH_PERMISSIONS = {"READ", "NO_PERMISSIONS"}  # never EDIT / MANAGE for users without a grant
+RAY_CLIENT_SECRET = "cktf-mlflow-auth"
+
+
+def _ray_pod_templates() -> list[tuple[str, dict[str, Any]]]:
+    """(name, pod template) of the head and every worker group of the RayCluster and the RayJob."""
+    out = []
+    for which, spec in _ray_cluster_specs():
+        out.append((f"{which} head", spec["headGroupSpec"]["template"]))
+        out += [(f"{which} worker {g['groupName']}", g["template"]) for g in spec["workerGroupSpecs"]]
+    return out
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _secret_ref(entry: dict[str, Any]) -> tuple[str, str]:
+    assert "value" not in entry, f"{entry['name']} is a literal, not read from a Secret"
+    ref = entry["valueFrom"]["secretKeyRef"]
+    assert not ref.get("optional", False), f"{entry['name']}: the Secret must exist"
+    return ref["name"], ref["key"]
+
+
+def _assert_locked_down(where: str, ctx: dict[str, Any] | None) -> None:
+    assert ctx, f"{where}: no securityContext"
+    assert ctx.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation must be false"
+    assert ctx.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: capabilities must drop ALL"
+    assert not ctx.get("capabilities", {}).get("add"), f"{where}: adds capabilities"
+    assert not ctx.get("privileged", False), f"{where}: privileged"
+    assert ctx.get("runAsUser", RAY_UID) == RAY_UID and ctx.get("runAsNonRoot", True) is True, where
+
+
+def test_ray_pods_run_as_non_root():
+    templates = _ray_pod_templates()
+    assert len(templates) >= 4, "head and worker groups of both the RayCluster and the RayJob"
+    for name, template in templates:
+        pod = template["spec"].get("securityContext", {})
+        assert pod.get("runAsNonRoot") is True, f"{name}: runAsNonRoot"
+        assert pod.get("runAsUser") == RAY_UID, f"{name}: runAsUser must be the image's ray user"
+        assert pod.get("runAsGroup") == RAY_GID and pod.get("fsGroup") == RAY_GID, f"{name}: gid / fsGroup"
+        for c in [*template["spec"].get("initContainers", []), *_containers(template)]:
+            _assert_locked_down(f"{name}/{c['name']}", c.get("securityContext"))
+        assert not template["spec"].get("hostNetwork") and not template["spec"].get("hostPID"), name
+
+
+def test_ray_autoscaler_sidecar_is_locked_down():
+    for which, spec in _ray_cluster_specs():
+        if spec.get("enableInTreeAutoscaling"):
+            _assert_locked_down(f"{which} autoscaler", spec.get("autoscalerOptions", {}).get("securityContext"))
+
+
+def test_ray_pod_user_matches_the_image_and_the_vm_mounts():
+    # the image ends as `ray`; the VM clusters hand the shared mount to the same uid:gid
+    assert [a for op, a in _dockerfile_instructions() if op == "USER"][-1] == "ray"
+    for path in LAUNCHER_YAMLS:
+        init = " ".join(_docs(path)[0]["initialization_commands"])
+        assert f"chown {RAY_UID}:{RAY_GID} {SHARED}" in init, path.name
+
+
+def test_ray_pods_keep_gpus_volumes_and_env():
+    pvc = _one("PersistentVolumeClaim")["metadata"]["name"]
+    for name, template in _ray_pod_templates():
+        volumes = template["spec"]["volumes"]
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v]
+        assert claims == [pvc], name
+        for c in _containers(template):
+            assert any(m["mountPath"] == SHARED for m in c.get("volumeMounts", [])), name
+            if "worker" in name:
+                assert int(c["resources"]["limits"]["nvidia.com/gpu"]) >= 1, name
+    head_env = _env(_containers(_one("RayCluster")["spec"]["headGroupSpec"]["template"])[0])
+    for var in ("MLFLOW_TRACKING_URI", "CKTF_DATA_ROOT", "CKTF_STORAGE", "CKTF_WORKDIR"):
+        assert head_env[var]["value"], var
+
+
+# ----------------------------------------------------------------------------- security: MLflow auth
+
+
+def _has_basic_auth(args: list[str]) -> bool:
+    pairs = zip(args, args[1:])
+    return "--app-name=basic-auth" in args or ("--app-name", "basic-auth") in pairs
+
+
+def _default(value: str) -> str:
+    """A compose value with its ${VAR:-default} references replaced by the defaults."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def _server_and_db(uri: str) -> tuple[str, str]:
+    m = re.fullmatch(r"postgresql://[^@]+@([^/]+)/(.+)", _default(uri))
+    assert m, uri
+    return m.group(1), m.group(2)
+
+
+def _env_example() -> dict[str, str]:
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if re.match(r"^\w+=", line))
+
+
+def test_compose_mlflow_basic_auth():
+    services = _compose()["services"]
+    mlflow = services["mlflow"]
+    command = mlflow["command"]
+    assert command[0] == "server" and _has_basic_auth(command)
+    # the flags that were there stay
+    for flag in ("--host=0.0.0.0", "--serve-artifacts", "--artifacts-destination=s3://mlflow/"):
+        assert flag in command, flag
+    assert any(a.startswith("--allowed-hosts=") for a in command)
+    env = mlflow["environment"]
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://${")
+    # the auth store: a second database on the tracking store's PostgreSQL
+    auth_uri = env["MLFLOW_AUTH_DATABASE_URI"]
+    assert auth_uri.startswith("postgresql://${")
+    server, db = _server_and_db(auth_uri)
+    tracking_server, tracking_db = _server_and_db(env["MLFLOW_BACKEND_STORE_URI"])
+    assert server == tracking_server == "postgres:5432" and db != tracking_db, (db, tracking_db)
+    # credentials from .env (required), the config file on a tmpfs
+    for var in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[var] == f"${{{var}:?set {var} in infra/mlflow/.env}}", var
+    config_dir = str(Path(env["MLFLOW_AUTH_CONFIG_PATH"]).parent)
+    assert config_dir in mlflow["tmpfs"], "basic_auth.ini holds passwords: keep it off the disk"
+    assert _default(env["MLFLOW_AUTH_DEFAULT_PERMISSION"]) in AUTH_PERMISSIONS
+    # the auth database is created (idempotently) before the server starts
+    init = services["postgres-init"]
+    assert "CREATE DATABASE" in str(init["command"]) and "MLFLOW_AUTH_DB" in str(init["command"])
+    assert _default(init["environment"]["MLFLOW_AUTH_DB"]) == db
+    assert init["environment"]["PGHOST"] == tracking_server.split(":")[0]
+    assert mlflow["depends_on"]["postgres-init"]["condition"] == "service_completed_successfully"
+    assert "ports" not in init
+
+
+def test_env_example_has_the_auth_keys():
+    example = _env_example()
+    for var in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert example[var].startswith("change-me"), var
+    assert example["MLFLOW_AUTH_ADMIN_USERNAME"]
+    assert example["MLFLOW_AUTH_DEFAULT_PERMISSION"] in AUTH_PERMISSIONS
+    assert example["MLFLOW_AUTH_DB"] != example["POSTGRES_DB"], "the auth store needs its own database"
+
+
+def test_k8s_mlflow_basic_auth():
+    deploy = _one("Deployment")
+    (container,) = _containers(deploy["spec"]["template"])
+    args = container["args"]
+    assert args[0] == "server" and _has_basic_auth(args)
+    for flag in ("--host=0.0.0.0", "--serve-artifacts"):
+        assert flag in args, flag
+    assert any(a.startswith("--artifacts-destination=") for a in args)
+    assert any(a.startswith("--allowed-hosts=") for a in args)
+    env = _env(container)
+    assert _secret_ref(env["MLFLOW_BACKEND_STORE_URI"]) == ("mlflow-backend", "uri")
+    secret_keys = {
+        "MLFLOW_AUTH_DATABASE_URI": "database_uri",
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin_username",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "admin_password",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "flask_secret_key",
+    }
+    for var, key in secret_keys.items():
+        assert _secret_ref(env[var]) == ("mlflow-auth", key), var
+    assert env["MLFLOW_AUTH_DEFAULT_PERMISSION"]["value"] in AUTH_PERMISSIONS
+    # the rendered config file lives on an in-memory volume
+    config_dir = str(Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"]).parent)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts[config_dir]]["emptyDir"]["medium"] == "Memory"
+    _assert_locked_down("mlflow", container.get("securityContext"))
+    assert deploy["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_ray_head_logs_in_to_mlflow():
+    for which, spec in _ray_cluster_specs():
+        (head,) = _containers(spec["headGroupSpec"]["template"])
+        env = _env(head)
+        assert _secret_ref(env["MLFLOW_TRACKING_USERNAME"]) == (RAY_CLIENT_SECRET, "username"), which
+        assert _secret_ref(env["MLFLOW_TRACKING_PASSWORD"]) == (RAY_CLIENT_SECRET, "password"), which
+    # never through the runtime env: the dashboard shows it to anyone who can list jobs
+    runtime_env = yaml.safe_load(_one("RayJob")["spec"]["runtimeEnvYAML"])
+    assert not {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} & set(runtime_env.get("env_vars", {}))
+
+
+def test_mlflow_image_has_the_auth_app():
+    text = re.sub(r"\\\n", " ", MLFLOW_DOCKERFILE.read_text())
+    assert re.search(r'pip install [^\n]*"mlflow\[auth\]==\$\{MLFLOW_VERSION\}"', text)
+    assert re.search(r"^COPY entrypoint\.sh (\S+)$", text, flags=re.M)
+    target = re.search(r"^COPY entrypoint\.sh (\S+)$", text, flags=re.M).group(1)
+    assert re.search(rf'^ENTRYPOINT \["{re.escape(target)}"\]$', text, flags=re.M)
+    assert re.findall(r"^USER (\S+)$", text, flags=re.M)[-1] == "1000"
+    rules = [ln for ln in (INFRA / "mlflow" / ".dockerignore").read_text().splitlines() if ln and ln[0] != "#"]
+    assert rules == ["*", "!entrypoint.sh"], "the build context must not carry .env"
+
+
+def _run_entrypoint(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    stub = tmp_path / "bin" / "mlflow"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text('#!/bin/sh\necho "mlflow $*"\n')
+    stub.chmod(0o755)
+    path = f"{stub.parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
+    return subprocess.run(
+        ["sh", str(MLFLOW_ENTRYPOINT), *args], env={"PATH": path, **env}, capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+def test_mlflow_entrypoint_writes_the_auth_config(tmp_path: Path):
+    config = tmp_path / "auth" / "basic_auth.ini"
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_DATABASE_URI": "postgresql://mlflow:p%40ss@postgres:5432/mlflow_auth",
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "a-long-100%-test-value",
+        "MLFLOW_AUTH_DEFAULT_PERMISSION": "NO_PERMISSIONS",
+    }
+    done = _run_entrypoint(tmp_path, env, "server", "--app-name", "basic-auth")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "mlflow server --app-name basic-auth"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    parsed = configparser.ConfigParser()  # what MLflow's read_auth_config uses, interpolation included
+    parsed.read(config)
+    assert dict(parsed["mlflow"]) == {
+        "default_permission": "NO_PERMISSIONS",
+        "database_uri": env["MLFLOW_AUTH_DATABASE_URI"],
+        "admin_username": "admin",
+        "admin_password": env["MLFLOW_AUTH_ADMIN_PASSWORD"],
+    }
+    # the default, when unset, is READ
+    done = _run_entrypoint(tmp_path, {k: v for k, v in env.items() if k != "MLFLOW_AUTH_DEFAULT_PERMISSION"}, "server")
+    assert done.returncode == 0, done.stderr
+    parsed.read(config)
+    assert parsed["mlflow"]["default_permission"] == "READ"
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"MLFLOW_AUTH_DEFAULT_PERMISSION": "EDIT"},
+        {"MLFLOW_AUTH_DEFAULT_PERMISSION": "MANAGE"},
+        {"MLFLOW_AUTH_ADMIN_PASSWORD": "change-me-mlflow-admin-password"},
+        {"MLFLOW_FLASK_SERVER_SECRET_KEY": "change-me-mlflow-flask-secret-key"},
+        {"MLFLOW_AUTH_ADMIN_PASSWORD": ""},
+        {"MLFLOW_AUTH_ADMIN_PASSWORD": "two\nlines-of-text"},
+        {"MLFLOW_AUTH_DATABASE_URI": ""},  # basic-auth without any config: MLflow would use a SQLite file
+    ],
+    ids=["edit", "manage", "placeholder-password", "placeholder-key", "no-password", "line-break", "no-config"],
+)
+def test_mlflow_entrypoint_refuses(tmp_path: Path, change: dict[str, str]):
+    config = tmp_path / "basic_auth.ini"
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_DATABASE_URI": "postgresql://mlflow:x@postgres:5432/mlflow_auth",
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "a-long-test-value",
+        **change,
+    }
+    if not env["MLFLOW_AUTH_DATABASE_URI"]:
+        del env["MLFLOW_AUTH_CONFIG_PATH"], env["MLFLOW_AUTH_DATABASE_URI"]
+    done = _run_entrypoint(tmp_path, env, "server", "--app-name=basic-auth")
+    assert done.returncode != 0 and "mlflow server" not in done.stdout
+    assert not config.exists()
+
+
+# ----------------------------------------------------------------------------- security: NetworkPolicy
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector matches labels ({} matches everything)."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _policies() -> list[dict[str, Any]]:
+    return [d for _, d in _k8s_objects() if d["kind"] == "NetworkPolicy"]
+
+
+def _pod_labels() -> dict[str, dict[str, str]]:
+    """Labels of every pod template the manifests declare: the Ray groups and MLflow."""
+    labels = {name: t["metadata"]["labels"] for name, t in _ray_pod_templates()}
+    labels["mlflow"] = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def _policies_for(labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [p for p in _policies() if p["spec"]["podSelector"] and _selects(p["spec"]["podSelector"], labels)]
+
+
+def _same_namespace(peer: dict[str, Any]) -> bool:
+    return set(peer) == {"podSelector"}
+
+
+def _ports(rule: dict[str, Any]) -> set[tuple[str, int | None]]:
+    return {(p.get("protocol", "TCP"), p.get("port")) for p in rule.get("ports", [])}
+
+
+def test_network_policies_apply_to_the_namespace():
+    policies = _policies()
+    ns = _docs(K8S / "kustomization.yaml")[0]["namespace"]
+    assert ns == _one("RayJob")["metadata"]["namespace"], "the RayJob's pods must fall under the policies"
+    for p in policies:
+        assert p["metadata"].get("namespace", ns) == ns, p["metadata"]["name"]
+        types = p["spec"]["policyTypes"]
+        assert "Ingress" in types, p["metadata"]["name"]
+        assert "Egress" not in types or p["spec"].get("egress"), f"{p['metadata']['name']} would deny all egress"
+        for rule in p["spec"].get("ingress", []):
+            # a rule without `from` (or with an ipBlock) admits sources outside the cluster
+            assert rule.get("from"), f"{p['metadata']['name']}: ingress rule open to every source"
+            assert not any("ipBlock" in peer for peer in rule["from"]), p["metadata"]["name"]
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    assert len(deny) == 1, "one default-deny ingress policy for the whole namespace"
+
+
+def test_network_policies_select_labels_the_pods_have():
+    pods = _pod_labels()
+    for p in _policies():
+        selector = p["spec"]["podSelector"]
+        if selector:
+            name = p["metadata"]["name"]
+            assert any(_selects(selector, labels) for labels in pods.values()), f"{name} selects no pod"
+        for rule in p["spec"].get("ingress", []):
+            for peer in rule["from"]:
+                if _same_namespace(peer) and peer["podSelector"]:
+                    assert any(_selects(peer["podSelector"], labels) for labels in pods.values()), peer
+    for name, labels in pods.items():
+        assert _policies_for(labels), f"no NetworkPolicy selects the {name} pods"
+
+
+def test_ray_pods_take_connections_from_the_namespace_only():
+    pods = _pod_labels()
+    ray_pods = {name: labels for name, labels in pods.items() if name != "mlflow"}
+    for name, labels in ray_pods.items():
+        rules = [r for p in _policies_for(labels) for r in p["spec"].get("ingress", [])]
+        assert rules, name
+        # every TCP port from the Ray pods themselves (Ray's node-to-node ports are random)
+        among = [
+            r
+            for r in rules
+            if ("TCP", None) in _ports(r)
+            and all(_same_namespace(peer) for peer in r["from"])
+            and all(any(_selects(peer["podSelector"], other) for peer in r["from"]) for other in ray_pods.values())
+        ]
+        assert among, f"{name}: Ray pods must reach each other on every TCP port"
+        for r in among:  # ... and from nothing else
+            assert not any(_selects(peer["podSelector"], pods["mlflow"]) for peer in r["from"]), name
+        # GCS, dashboard and client from pods of the namespace
+        open_ports = {port for r in rules if all(_same_namespace(peer) for peer in r["from"]) for _, port in _ports(r)}
+        assert set(RAY_PORTS.values()) <= open_ports, f"{name}: {open_ports}"
+        # anything from outside the namespace: only the KubeRay operator, only the dashboard
+        for r in rules:
+            outside = [peer for peer in r["from"] if not _same_namespace(peer)]
+            for peer in outside:
+                ns_labels = peer["namespaceSelector"].get("matchLabels", {})
+                assert set(ns_labels) == {"kubernetes.io/metadata.name"}, f"{name}: {peer} is not one namespace"
+                assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "kuberay-operator"}
+                assert _ports(r) == {("TCP", RAY_PORTS["dashboard"])}, f"{name}: the operator needs 8265 only"
+    for which, spec in _ray_cluster_specs():  # the ports the policy names are the head's ports
+        (head,) = _containers(spec["headGroupSpec"]["template"])
+        assert {p["name"]: p["containerPort"] for p in head["ports"]} == RAY_PORTS, which
+    # the MLflow pod is not opened up by the Ray policy
+    assert all("component" not in str(p["spec"]["podSelector"]) for p in _policies_for(pods["mlflow"]))
+
+
+def test_mlflow_takes_connections_from_the_namespace_only():
+    deploy = _one("Deployment")
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    (container,) = _containers(deploy["spec"]["template"])
+    (port,) = [p["containerPort"] for p in container["ports"]]
+    rules = [r for p in _policies_for(labels) for r in p["spec"].get("ingress", [])]
+    assert rules
+    for r in rules:
+        assert all(_same_namespace(peer) for peer in r["from"]), r
+        assert _ports(r) == {("TCP", port)}, r
+    assert _one("Service")["spec"]["ports"][0]["port"] == port == 5000
+
+
+def test_selector_matching_examples():
+    assert _selects({}, {"a": "1"})
+    assert _selects({"matchLabels": {"a": "1"}}, {"a": "1", "b": "2"})
+    assert not _selects({"matchLabels": {"a": "1", "c": "3"}}, {"a": "1"})
+    assert _selects({"matchExpressions": [{"key": "a", "operator": "Exists"}]}, {"a": "x"})
+    assert not _selects({"matchExpressions": [{"key": "a", "operator": "In", "values": ["y"]}]}, {"a": "x"})
+
+
 # ----------------------------------------------------------------------------- secrets
 
 SECRET_PATTERNS = {
@@ -378,6 +784,8 @@ def test_launcher_config(path: Path):
     run_options = " ".join(cfg["docker"]["run_options"])
     assert "RAY_AUTH_MODE=token" in run_options and f"{SHARED}:{SHARED}" in run_options
     assert any("auth_token" in target for target in cfg["file_mounts"])
+    # the Tune driver's MLflow login (basic-auth), MLflow's own credentials file, from outside the repo
+    assert cfg["file_mounts"].get("~/.mlflow/credentials", "").startswith("~/")
     head_start = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start and "--num-cpus=0" in head_start
     for rule in cfg["provider"].get("security_group", {}).get("IpPermissions", []):
@@ -437,3 +845,66 @@ def test_runbook_covers_the_workflow():
 def test_makefile_targets():
     targets = set(re.findall(r"^([\w-]+):", (INFRA / "Makefile").read_text(), flags=re.M))
     assert {"image", "push", "up", "submit", "down"} <= targets
+
+
+def _secret_refs_in_manifests() -> set[tuple[str, str]]:
+    """(Secret, key) of every required secretKeyRef and KubeRay authOptions in infra/k8s."""
+    refs: set[tuple[str, str]] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("secretKeyRef")
+            if isinstance(ref, dict) and not ref.get("optional", False):
+                refs.add((ref["name"], ref["key"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for _, doc in _k8s_objects():
+        walk(doc)
+    for _, spec in _ray_cluster_specs():
+        refs.add((spec["authOptions"]["secretName"], "auth_token"))
+    return refs
+
+
+def test_runbook_creates_every_secret_the_manifests_read():
+    text = re.sub(r"\\\n\s*", " ", (INFRA / "README.md").read_text())
+    created = {
+        (name, key)
+        for name, rest in re.findall(r"kubectl -n cktf create secret generic (\S+)([^\n]*)", text)
+        for key in re.findall(r"--from-literal=(\w+)=", rest)
+    }
+    needed = _secret_refs_in_manifests()
+    assert {("mlflow-auth", "admin_password"), (RAY_CLIENT_SECRET, "password")} <= needed
+    assert needed <= created, needed - created
+    # the auth store is a second database on the tracking store's server
+    (tracking,) = re.findall(r'--from-literal=uri="postgresql://[^@"]+@([^/"]+)/(\w+)"', text)
+    (auth,) = re.findall(r'--from-literal=database_uri="postgresql://[^@"]+@([^/"]+)/(\w+)"', text)
+    assert tracking[0] == auth[0] and auth[1] == "mlflow_auth" != tracking[1]
+    assert "CREATE DATABASE mlflow_auth" in text
+
+
+def test_runbook_documents_security():
+    text = (INFRA / "README.md").read_text()
+    section = text.split("\n## Security\n", 1)[1]
+    for needle in [
+        "runAsNonRoot",  # 1. non-root Ray pods
+        "allowPrivilegeEscalation: false",
+        "--app-name basic-auth",  # 2. MLflow authentication
+        "cktf-mlflow-auth",
+        "networkpolicy.yaml",  # 3. NetworkPolicy
+        "6379",
+        "8265",
+        "10001",
+        "ray job submit",  # 4. the way in
+        "kubectl port-forward",
+        "docs/security.md",
+    ]:
+        assert needle in section, needle
+    # how a client logs in, how users are made
+    logins = ["MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "create_user(", "~/.cktf/mlflow-credentials"]
+    for needle in logins:
+        assert needle in text, needle
+    assert (ROOT / "docs" / "security.md").is_file(), "the Security section points at docs/security.md"

@@ -330,7 +330,7 @@ def test_every_shipped_study_round_trips_through_the_trial_dict(monkeypatch):
     for path in sorted(Path(__file__).resolve().parents[1].joinpath("studies").rglob("*.yaml")):
         cfg = load_study(path)
         again = StudyConfig.parse(cfg.to_dict())
-        assert again == cfg and again.to_dict() == cfg.to_dict(), path
+        assert again.model_dump() == cfg.model_dump() and again.to_dict() == cfg.to_dict(), path
 
 
 def test_grid_sampler_runs_every_ablation_arm_once():

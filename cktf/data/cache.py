@@ -27,7 +27,7 @@ from ._base import ArrayDataset
 
 log = logging.getLogger("cktf")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: entries carry a content checksum
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -70,23 +70,39 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(fh, array)
 
 
+def content_digest(*arrays: np.ndarray) -> str:
+    """SHA-256 of the arrays' bytes (C order), what a cache entry's JSON records and a load verifies."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return h.hexdigest()
+
+
 def load_cached(key: str, cache_dir: str | Path | None = None, mmap: bool = True) -> ArrayDataset | None:
-    """The cached split ``key`` (images memory-mapped read-only when ``mmap``), or ``None`` on a miss."""
+    """The cached split ``key`` (images memory-mapped read-only when ``mmap``), or ``None`` on a miss.
+
+    An entry whose JSON is unreadable or incomplete, whose arrays do not match its recorded shape, or whose content
+    digest differs (the arrays were changed after they were written) is a miss, with a warning: it is rebuilt.
+    """
     root = cache_root(cache_dir)
     images_p, targets_p, meta_p = _paths(root, key)
     if not meta_p.exists():
         return None
     try:
         meta = json.loads(meta_p.read_text())
-        images = np.load(images_p, mmap_mode="r" if mmap else None)
-        targets = np.load(targets_p)
-    except (OSError, ValueError) as exc:  # removed or truncated by hand: rebuild
-        log.warning("ignoring broken cache entry %s (%s)", key, exc)
+        n, digest, classes = int(meta["n"]), str(meta["sha256"]), list(meta["classes"])
+        images = np.load(images_p, mmap_mode="r" if mmap else None, allow_pickle=False)
+        targets = np.load(targets_p, allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # removed, truncated or written by an older version
+        log.warning("rebuilding the cache entry %s: it is unreadable or incomplete (%s)", key, exc)
         return None
-    if images.shape[0] != meta["n"] or targets.shape[0] != meta["n"]:
-        log.warning("ignoring inconsistent cache entry %s", key)
+    if images.shape[0] != n or targets.shape[0] != n or list(images.shape) != list(meta.get("shape", images.shape)):
+        log.warning("rebuilding the cache entry %s: its arrays do not match its record", key)
         return None
-    return ArrayDataset(images, targets.astype(np.int64, copy=False), list(meta["classes"]))
+    if content_digest(images, targets) != digest:
+        log.warning("rebuilding the cache entry %s: its content changed after it was written (checksum mismatch)", key)
+        return None
+    return ArrayDataset(images, targets.astype(np.int64, copy=False), classes)
 
 
 def save_cached(key: str, ds: ArrayDataset, cache_dir: str | Path | None = None, info: dict[str, Any] | None = None):
@@ -94,9 +110,11 @@ def save_cached(key: str, ds: ArrayDataset, cache_dir: str | Path | None = None,
     root = cache_root(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
     images_p, targets_p, meta_p = _paths(root, key)
-    _save_npy(images_p, np.ascontiguousarray(ds.images))
-    _save_npy(targets_p, np.ascontiguousarray(ds.targets, dtype=np.int64))
-    meta = {"key": key, "n": len(ds), "shape": list(ds.images.shape), "classes": list(ds.classes), **(info or {})}
+    images, targets = np.ascontiguousarray(ds.images), np.ascontiguousarray(ds.targets, dtype=np.int64)
+    _save_npy(images_p, images)
+    _save_npy(targets_p, targets)
+    meta = {"key": key, "n": len(ds), "shape": list(images.shape), "classes": list(ds.classes), **(info or {})}
+    meta["sha256"] = content_digest(images, targets)
     atomic_write_json(meta_p, meta)
     _drop_stale(root, key, (info or {}).get("source"))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UnsafeDataError
 from ._base import ArrayDataset
 from .cache import cached_split, split_key
 from .folders import decode_cached, list_tree
@@ -23,9 +24,39 @@ CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["
 CIFAR10_TREES = ("", "cifar10-jpeg", "cifar10")
 
 
+#: the only globals the CIFAR python format refers to: numpy's array reconstruction (numpy 1 and 2 module names)
+_CIFAR_GLOBALS = frozenset(
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+) | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads the CIFAR batches (dicts of lists, strings and numpy arrays) and refuses every other global, so a
+    crafted file in a data root cannot run code (``pickle.load`` would call whatever the file names)."""
+
+    def __init__(self, fh, path: Path):
+        super().__init__(fh, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafeDataError(
+            f"{self.path} is not a CIFAR batch: it asks to load {module}.{name}, which a CIFAR file never does",
+            "replace it with the official file (or delete it and pass --download)",
+        )
+
+
 def _unpickle(path: Path) -> dict:
     with open(path, "rb") as fh:
-        return pickle.load(fh, encoding="latin1")
+        try:
+            return _CifarUnpickler(fh, path).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+            raise UnsafeDataError(
+                f"{path} is not a readable CIFAR batch ({exc})", "replace it with the official file"
+            ) from None
 
 
 def _rows_to_nhwc(data: np.ndarray) -> np.ndarray:

@@ -171,12 +171,14 @@ def load_splits(cfg: DataConfig, progress: bool = True) -> Splits:
             log.warning("data.train_subset=%d > %d train images; using all", cfg.train_subset, len(train_full))
         rows = stratified_pick(train_full.targets, cfg.train_subset, rng)
     pool = train_full.targets if rows is None else train_full.targets[rows]
-    train_rows, val_rows = holdout(pool, cfg.val_fraction, rng)
+    # an images-only split (stl10_unlabeled) has no labels to validate on: nothing is held out from it
+    fraction = 0.0 if cfg.drop_labels or (len(pool) and bool((pool == UNLABELED).all())) else cfg.val_fraction
+    train_rows, val_rows = holdout(pool, fraction, rng)
     if rows is not None:
         train_rows, val_rows = rows[train_rows], rows[val_rows]
     whole = rows is None and len(val_rows) == 0
     train = _materialise(train_full, None if whole else train_rows)
-    val = _materialise(train_full, val_rows) if cfg.val_fraction > 0 else None
+    val = _materialise(train_full, val_rows) if fraction > 0 else None
     test_rows = None
     if cfg.test_subset is not None:
         if cfg.test_subset > len(test_full):

@@ -27,14 +27,52 @@ from ..models import DistillModel, create_model
 META_KEY = "cktf"
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    with atomic_path(path, durable=True) as tmp:
-        torch.save(obj, tmp)
-
-
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Load a resume checkpoint without unpickling arbitrary objects."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+#: a run directory's resume checkpoint and the complete one before it (kept until the new one is in place)
+RESUME_FILE, PREVIOUS_FILE = "last.pt", "last.prev.pt"
+
+
+def save_resume_state(state: dict[str, Any], run_dir: str | os.PathLike) -> None:
+    """Write ``last.pt`` atomically; the previous ``last.pt`` becomes ``last.prev.pt`` only once the new one is
+    complete, so a crash at any point leaves at least one loadable checkpoint."""
+    run_dir = Path(run_dir)
+    with atomic_path(run_dir / RESUME_FILE, durable=True) as tmp:
+        torch.save(state, tmp)
+        if (run_dir / RESUME_FILE).exists():
+            os.replace(run_dir / RESUME_FILE, run_dir / PREVIOUS_FILE)
+
+
+def has_resume_state(run_dir: str | os.PathLike) -> bool:
+    return any((Path(run_dir) / name).exists() for name in (RESUME_FILE, PREVIOUS_FILE))
+
+
+def load_resume_state(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The newest loadable resume checkpoint of ``run_dir``: ``last.pt``, else (with a warning) ``last.prev.pt``;
+    ``None`` (with a warning) when neither loads."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    for name in (RESUME_FILE, PREVIOUS_FILE):
+        path = Path(run_dir) / name
+        if not path.exists():
+            continue
+        try:
+            state = load_state(path)
+            if not isinstance(state, dict) or "epoch" not in state or "distiller" not in state:
+                raise ValueError("not a cktf resume checkpoint")
+        except Exception as exc:  # truncated or corrupt: torch raises several types for it
+            log.warning("cannot load %s (%s: %s); trying the checkpoint before it", path, type(exc).__name__, exc)
+            continue
+        if name == PREVIOUS_FILE:
+            log.warning("resuming %s from the previous checkpoint (epoch %d)", run_dir, int(state["epoch"]) + 1)
+        return state
+    if has_resume_state(run_dir):
+        log.warning("no loadable checkpoint in %s: the run starts again", run_dir)
+    return None
 
 
 def save_model_weights(path: str | os.PathLike, model: DistillModel, meta: dict[str, Any]) -> None:

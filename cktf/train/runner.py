@@ -24,7 +24,14 @@ from ..distillers import DistillContext, Distiller, objective
 from ..errors import ConfigError
 from ..models import MODELS, DistillModel, create_model
 from .callbacks import Callback
-from .checkpoint import atomic_torch_save, load_model, load_state, read_weights_meta, save_model_weights
+from .checkpoint import (
+    has_resume_state,
+    load_model,
+    load_resume_state,
+    read_weights_meta,
+    save_model_weights,
+    save_resume_state,
+)
 from .config import RunConfig
 from .engine import autocast, evaluate, train_one_epoch
 from .optim import build_sgd
@@ -106,7 +113,7 @@ def check_arch(name: str, size: int, field: str) -> None:
 def _check_resume(cfg: RunConfig, out: Path) -> bool:
     """True when out_dir holds a resumable run of the same config; refuses to overwrite another run."""
     saved = out / "config.json"
-    if not (out / "last.pt").exists() or not saved.exists():
+    if not has_resume_state(out) or not saved.exists():
         return False
     from .callbacks import flatten
 
@@ -242,8 +249,8 @@ def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     optimizer = build_sgd(distiller.trainable_parameters(), cfg.optim)
     history: list[dict[str, float]] = []
     start, init_done = 0, False
-    if _check_resume(cfg, out):
-        state = load_state(out / "last.pt")
+    state = load_resume_state(out) if _check_resume(cfg, out) else None
+    if state is not None:
         distiller.load_checkpoint_state(state["distiller"])
         optimizer.load_state_dict(state["optimizer"])
         history, start, init_done = list(state["history"]), int(state["epoch"]) + 1, bool(state["init_done"])
@@ -342,7 +349,7 @@ def _save_epoch(p: Prepared, optimizer, history: list[dict[str, float]], epoch: 
         "optimizer": optimizer.state_dict(),
         "history": history,
     }
-    atomic_torch_save(state, out / "last.pt")
+    save_resume_state(state, out)
 
 
 def summarize(history: list[dict[str, float]], out: Path) -> dict[str, Any]:

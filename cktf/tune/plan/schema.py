@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from ...config import Config, lookup
@@ -29,6 +29,8 @@ from ...space import ParamSpec
 from ...train.config import OptimConfig, TrainConfig
 from ...transfer.probe import ProbeConfig
 
+#: the most trials a study accepts without ``search.allow_large`` (``--i-mean-it``)
+MAX_TRIALS = 1000
 #: ``train.*`` fields a study may search (``seed``: repeats of an ablation arm)
 SEARCHABLE_TRAIN = ("batch_size", "seed")
 #: sections of the recipe a search-space name may address besides the method's own fields
@@ -82,6 +84,8 @@ class SearchSpec(Config):
     """overrides of that first point (default: the method's official defaults)"""
     protect_baseline: bool = True
     """ASHA never stops the baseline early: it is compared fully trained"""
+    allow_large: bool = False
+    """accept more than 1000 trials (a guard against a typo; --i-mean-it sets it)"""
 
 
 class AshaSpec(Config):
@@ -138,6 +142,8 @@ class StudyConfig(Config):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """the study's name: a directory name (letters, digits, _ . -)"""
+    env: list[str] = Field(default_factory=list)
+    """environment variables the file may read as ${VAR} besides CKTF_* and MLFLOW_TRACKING_URI (docs/security.md)"""
     plugins: list[str] = Field(default_factory=list)
     """modules imported before the study is checked and in every trial: your own methods, models or datasets,
     which register themselves on import (e.g. my_lab.methods)"""
@@ -180,7 +186,43 @@ class StudyConfig(Config):
     source: SkipJsonSchema[str | None] = None
     """set by the loader: the YAML file this came from"""
 
+    _env_sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
     # ------------------------------------------------------------------ derived
+    def set_env_sources(self, sources: dict[str, str]) -> None:
+        """Record which fields were read from the environment (``{dotted path: the string as written}``)."""
+        self._env_sources = dict(sources)
+
+    def logged(self) -> dict[str, Any]:
+        """The study as it may be logged: every value read from the environment in its ``${VAR}`` form."""
+        out = self.to_dict()
+        for path, raw in self._env_sources.items():
+            node: Any = out
+            *parents, leaf = path.split(".")
+            for p in parents:
+                node = node[int(p)] if isinstance(node, list) else node.get(p, {})
+            if isinstance(node, list):
+                node[int(leaf)] = raw
+            elif isinstance(node, dict) and leaf in node:
+                node[leaf] = raw
+        return out
+
+    def logged_value(self, path: str, value: Any) -> Any:
+        """``value`` of the field ``path`` as it may be logged (its ``${VAR}`` form when read from the environment)."""
+        return self._env_sources.get(path, value)
+
+    def logged_study_dir(self) -> str:
+        """The study's folder as it may be logged (``${VAR}`` kept when ``workdir`` read the environment)."""
+        if "workdir" in self._env_sources:
+            return self._env_sources["workdir"].rstrip("/") + "/" + self.name
+        return str(self.study_dir)
+
+    def logged_ray_experiment(self) -> str:
+        """Ray's experiment folder as it may be logged."""
+        if self.storage_path:
+            return self.logged_value("storage_path", self.storage_path).rstrip("/") + "/" + self.name
+        return self.logged_study_dir() + "/ray/" + self.name
+
     @property
     def objective(self) -> Objective:
         return objective(self.distiller)
@@ -242,6 +284,13 @@ class StudyConfig(Config):
         method.parse(self.params, size, where="params")
         _check_space(self, method, size)
         _check_transfer(self)
+        n = self.search.num_samples
+        if n > MAX_TRIALS and not self.search.allow_large:
+            raise ConfigError(
+                "search.num_samples",
+                f"{n} trials is more than {MAX_TRIALS}: up to {n * self.max_t:,} trial-epochs of training",
+                "lower it, or pass --i-mean-it (search.allow_large: true) if you mean it",
+            )
         if self.asha.grace_period > self.max_t:
             raise ConfigError(
                 "asha.grace_period", f"must be in [1, train.epochs={self.max_t}], got {self.asha.grace_period}"
@@ -352,7 +401,7 @@ def study_json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "cktf study"
     schema["description"] = (
-        "A cktf hyper-parameter study (cktf tune FILE). Every field is described in docs/studies.md; "
-        "strings may use ${VAR} or ${VAR:-default} for variables the study lists under env."
+        "A cktf hyper-parameter study (cktf tune FILE). Every field is described in docs/studies.md; strings may "
+        "use ${VAR} or ${VAR:-default} for variables the study lists under env (and CKTF_*, MLFLOW_TRACKING_URI)."
     )
     return schema

@@ -17,21 +17,14 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...models import DistillModel
-from .reader import StudyResults, resolve_study_dir
+from .reader import StudyResults, checkpoint_filesystem, resolve_study_dir
 
 WEIGHTS = "model_best.safetensors"
 
 
-def _uri(rec: dict[str, Any]) -> str:
-    path, fs = rec["checkpoint"], rec.get("checkpoint_fs", "LocalFileSystem")
-    scheme = {"S3FileSystem": "s3://", "GcsFileSystem": "gs://"}.get(fs, "")
-    return scheme + path
-
-
 def fetch_checkpoint_file(rec: dict[str, Any], name: str, dest: Path) -> Path:
-    import pyarrow.fs as pafs
-
-    fs, base = pafs.FileSystem.from_uri(_uri(rec))
+    """Copy the file ``name`` of a trial record's latest checkpoint (local, ``s3://`` or ``gs://``) to ``dest``."""
+    fs, base = checkpoint_filesystem(rec)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with fs.open_input_stream(f"{base.rstrip('/')}/{name}") as src, open(dest, "wb") as out:
         shutil.copyfileobj(src, out)

@@ -22,6 +22,7 @@ from ray.tune import Callback
 from .reader import (
     BEST_EPOCH,
     FAILED,
+    FAILURE_KEY,
     FINISHED,
     MLFLOW_STATUS,
     PRUNED,
@@ -56,9 +57,18 @@ class MLflowStudyCallback(Callback):
         self.study_dir, self.study_name, self.max_t, self.baseline = study_dir, study_name, int(max_t), baseline
         self.metric, self.mode, self.selection = metric, mode, selection  # how a trial's history is judged
         self._client = None
+        self._logged: dict[str, set[int]] = {}  # per trial, the epochs its MLflow run already holds
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_logged": {}}
+
+    def _logged_steps(self, trial_id: str, run_id: str) -> set[int]:
+        """The epochs the trial's run already has (read from MLflow once per driver: a driver killed between
+        logging an epoch and recording it in the index must not log that epoch twice when it is re-run)."""
+        if trial_id not in self._logged:
+            history = self.client.get_metric_history(run_id, self.metric)
+            self._logged[trial_id] = {int(m.step) for m in history}
+        return self._logged[trial_id]
 
     @property
     def client(self):
@@ -128,8 +138,27 @@ class MLflowStudyCallback(Callback):
         if not again:
             self.index.update(trial.trial_id, status=status, error=error, ended=time.time())
 
+    def adopt_ghost(self, trial: Any, trials: list) -> None:
+        """A trial the index knows but Ray does not (the driver was killed after the trial started and before Ray's
+        experiment snapshot recorded it): when the restored searcher proposes the same config again, the new trial
+        takes over the ghost's record, MLflow run and checkpoint, so the sample runs once, from where it was."""
+        if self.index.get(trial.trial_id):
+            return
+        known = {t.trial_id for t in trials}
+        config = trial_config(trial)
+        for rec in self.index.all():
+            if rec.get("status") == RUNNING and rec["trial_id"] not in known and rec.get("config") == config:
+                ghost = rec["trial_id"]
+                self.index.update(trial.trial_id, **{k: v for k, v in rec.items() if k != "trial_id"}, adopted=ghost)
+                self.index.delete(ghost)
+                if rec.get("mlflow_run_id"):
+                    self.client.set_tag(rec["mlflow_run_id"], "cktf.trial_id", trial.trial_id)
+                    self.client.set_tag(rec["mlflow_run_id"], "cktf.adopted_from", ghost)
+                return
+
     # -------------------------------------------------------------- Tune hooks
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        self.adopt_ghost(trial, trials)
         run_id = self.run_for(trial)
         if self.index.get(trial.trial_id).get("status") in (FINISHED, PRUNED):
             return  # restarted from a lagging Ray snapshot: the trainable exits at once, the record stands
@@ -146,13 +175,18 @@ class MLflowStudyCallback(Callback):
         from mlflow.entities import Metric
 
         run_id = self.run_for(trial)
+        if result.get(FAILURE_KEY):  # its last result says why it failed; on_trial_complete records the status
+            self.index.update(trial.trial_id, failure=str(result.get("cktf/error", "failed")))
+            return
         metrics = wanted_metrics(result)
         step = int(result.get("epoch", result.get("training_iteration", 1) - 1))
         rec = self.index.get(trial.trial_id)
         ts = int(time.time() * 1000)
-        if all(h.get("epoch") != step for h in rec.get("history", [])):
-            # an epoch re-run after a restart on another node is not logged twice (the index keeps the re-run)
+        logged = self._logged_steps(trial.trial_id, run_id)
+        if step not in logged and all(h.get("epoch") != step for h in rec.get("history", [])):
+            # an epoch re-run after a restart is not logged twice (the index keeps the re-run's values)
             self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
+            logged.add(step)
         history = [h for h in rec.get("history", []) if h.get("epoch") != step] + [{"epoch": step, **metrics}]
         history.sort(key=lambda h: h["epoch"])
         extra = {k: v for k, v in result.items() if str(k).startswith("data/")}
@@ -175,7 +209,20 @@ class MLflowStudyCallback(Callback):
             iterations=int(result.get("epochs_done", len(history))),
             score=select_epoch(history, self.metric, self.mode, self.selection).get(self.metric),
             data=extra or rec.get("data"),
+            node_id=result.get("cktf/node_id", rec.get("node_id")),
+            pid=result.get("pid", rec.get("pid")),
         )
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        """Ray ended the experiment: a record still running that Ray never knew (a ghost nobody adopted: the
+        restored searcher proposed another config) is marked failed, lost, so the index tells the truth."""
+        known = {t.trial_id for t in trials}
+        for rec in self.index.all():
+            if rec.get("status") == RUNNING and rec["trial_id"] not in known:
+                error = "lost: the driver was killed before Ray recorded this trial, and no resumed trial took it over"
+                if rec.get("mlflow_run_id"):
+                    terminate_run(self.client, rec["mlflow_run_id"], FAILED, error, None, self.metric)
+                self.index.update(rec["trial_id"], status=FAILED, error=error, ended=time.time())
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info) -> None:
         self.index.update(
@@ -184,6 +231,9 @@ class MLflowStudyCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
         rec = self.index.get(trial.trial_id)
+        if rec.get("failure"):
+            self._set_status(trial, FAILED, rec["failure"])
+            return
         done = int(rec.get("iterations", 0)) >= self.max_t
         self._set_status(trial, FINISHED if done else PRUNED)
 

@@ -30,6 +30,9 @@ STATE_FILE = "state.json"
 #: how a trial's history is judged: its best epoch by the metric, or (transfer studies) its last epoch
 BEST_EPOCH, LAST_EPOCH = "best_epoch", "last_epoch"
 
+#: a trial's last result carries this key when it failed for a reason a retry cannot fix (a non-finite loss)
+FAILURE_KEY = "cktf/failure"
+
 #: metric names (prefixes) that reach the index and MLflow; Ray's bookkeeping keys (pid, timestamp, config/...) do not
 METRIC_PREFIXES = ("loss/", "train_acc", "val_", "test_", "probe_", "lr", "epoch_time_s", "eval_time_s", "images_per_s")
 
@@ -62,7 +65,17 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def test_metric_of(metric: str) -> str:
+def checkpoint_filesystem(rec: dict[str, Any]):
+    """``(filesystem, path)`` of a trial record's latest checkpoint (its scheme from the recorded filesystem type)."""
+    import pyarrow.fs as pafs
+
+    scheme = {"S3FileSystem": "s3://", "GcsFileSystem": "gs://"}.get(rec.get("checkpoint_fs", ""), "")
+    if not scheme:
+        return pafs.LocalFileSystem(), rec["checkpoint"]
+    return pafs.FileSystem.from_uri(scheme + rec["checkpoint"])
+
+
+def test_split_metric(metric: str) -> str:
     """The test-split counterpart of a selection metric (``val_acc`` -> ``test_acc``; else ``test_acc``)."""
     return metric.replace("val_", "test_", 1) if "val_" in metric else "test_acc"
 
@@ -81,6 +94,9 @@ class TrialIndex:
         rec.update(fields, trial_id=trial_id)
         self.store.write_json(rec, "trials", f"{trial_id}.json")
         return rec
+
+    def delete(self, trial_id: str) -> None:
+        self.store.delete("trials", f"{trial_id}.json")
 
     def all(self) -> list[dict[str, Any]]:
         recs = [self.store.read_json("trials", name, default={}) for name in self.store.list("trials", suffix=".json")]
@@ -151,7 +167,7 @@ class StudyResults:
         self.metric = metric or self.state.get("metric", "val_acc")
         self.mode = mode or self.state.get("mode", "max")
         self.selection = selection or self.state.get("selection", BEST_EPOCH)
-        self.test_metric = test_metric_of(self.metric)
+        self.test_metric = test_split_metric(self.metric)
         self.index = TrialIndex(self.store)
         self._records: list[dict[str, Any]] | None = None
 
@@ -181,6 +197,17 @@ class StudyResults:
         for t in self.trials():
             counts[t.status] = counts.get(t.status, 0) + 1
         return counts
+
+    def complete(self, num_trials: int | None = None) -> bool:
+        """Every trial of the plan (``num_trials``, default: the state's) is in the index with a final status:
+        finished, pruned, or failed after its retries. Ray's own view (a ResultGrid after Ctrl-C) is not trusted."""
+        n = int(num_trials if num_trials is not None else self.state.get("num_trials", 0))
+        trials = self.trials()
+        return n > 0 and len(trials) >= n and all(t.status in TERMINAL for t in trials)
+
+    def all_failed(self) -> bool:
+        trials = self.trials()
+        return bool(trials) and all(t.status == FAILED for t in trials)
 
     def better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b
@@ -242,6 +269,7 @@ def resolve_study_dir(study: str | os.PathLike, workdir: str = "runs/studies") -
 
 __all__ = [
     "BEST_EPOCH",
+    "FAILURE_KEY",
     "FAILED",
     "FINISHED",
     "LAST_EPOCH",

@@ -29,6 +29,7 @@ from ..plan.validate import StudyPlan
 from ..results.lineage import MLflowStudyCallback, git_commit, parent_run, reconcile
 from ..results.reader import RUNNING, StudyResults, TrialIndex, TrialResult, read_state, write_state
 from ..results.store import StudyStore
+from .lock import StudyLock
 
 log = logging.getLogger(__name__)
 #: ASHA's time axis, reported by every epoch (a restored trial keeps counting epochs, not reports)
@@ -37,13 +38,18 @@ TIME_ATTR = "epochs_done"
 
 @dataclass
 class StudyOutcome:
-    complete: bool
+    status: str  # complete | failed (every trial failed) | incomplete
     study_dir: str
     num_trials: int
     counts: dict[str, int]
     best: TrialResult | None
     metric: str
     wall_s: float
+    interrupted: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
 
 
 def experiment_path(cfg: StudyConfig) -> str:
@@ -51,22 +57,28 @@ def experiment_path(cfg: StudyConfig) -> str:
 
 
 def parent_params(plan: StudyPlan) -> dict[str, Any]:
-    """What the MLflow parent run records about the study (the search's settings, not its results)."""
-    cfg = plan.study
+    """What the MLflow parent run records about the study (the search's settings, not its results), from the
+    study as it may be logged: a value read from the environment appears as ``${VAR}``."""
+    cfg, logged = plan.study, plan.study.logged()
+    teacher = (logged["teacher"] or {}).get("arch") or plan.teacher_arch or ""
     return {
-        "dataset": cfg.data.dataset,
-        "student": cfg.student,
-        "teacher": plan.teacher_arch or "",
-        "distiller": cfg.distiller,
-        "num_samples": cfg.search.num_samples,
-        "metric": f"{cfg.search.metric}:{cfg.search.mode}",
-        "max_t": cfg.max_t,
-        "resources": json.dumps(cfg.resources.to_dict()),
-        "max_concurrent": cfg.max_concurrent,
-        **{f"asha.{k}": v for k, v in cfg.asha.to_dict().items()},
-        **{f"sampler.{k}": v for k, v in cfg.sampler.to_dict().items()},
-        **{f"space.{k}": json.dumps(v.to_dict()) for k, v in plan.space.items()},
-        **{f"fixed.{k}": v for k, v in cfg.params.items()},
+        "dataset": logged["data"]["dataset"],
+        "student": logged["student"],
+        "teacher": teacher,
+        "distiller": logged["distiller"],
+        "num_samples": logged["search"]["num_samples"],
+        "metric": f"{logged['search']['metric']}:{logged['search']['mode']}",
+        "max_t": logged["train"]["epochs"],
+        "resources": json.dumps(logged["resources"]),
+        "max_concurrent": logged["max_concurrent"],
+        **{f"asha.{k}": v for k, v in logged["asha"].items()},
+        **{f"sampler.{k}": v for k, v in logged["sampler"].items()},
+        **{f"space.{k}": json.dumps(v.to_dict()) for k, v in plan.space.items() if not cfg.search.space},
+        **{
+            f"space.{k}": json.dumps({a: b for a, b in v.items() if b is not None})
+            for k, v in logged["search"]["space"].items()
+        },
+        **{f"fixed.{k}": v for k, v in logged["params"].items()},
     }
 
 
@@ -99,18 +111,61 @@ def _searcher(plan: StudyPlan):
     )
 
 
-def run_study(plan: StudyPlan, resume: bool = False, progress: bool = True) -> StudyOutcome:
-    """Run (or resume) a planned study; returns whether it completed and its best trial."""
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the driver's working directory
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0" if not progress else "1")
-    t0 = time.perf_counter()
+def run_study(
+    plan: StudyPlan,
+    resume: bool = False,
+    progress: bool = True,
+    lock: StudyLock | None = None,
+    break_lock: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> StudyOutcome:
+    """Run (or resume) a planned study under its lock; returns whether it completed and its best trial.
+
+    ``lock``: the study's lease when the caller took it already (the CLI takes it before planning);
+    ``overrides``: the ``--set`` values the study was loaded with, stored so that ``--resume`` alone reuses them.
+    A Ctrl-C at any stage leaves the study incomplete and resumable (its MLflow parent run KILLED)."""
     cfg = plan.study
     store = StudyStore(cfg.study_dir)
-    state = read_state(store)
-    if state.get("parent_run_id") and not resume:
+    if read_state(store).get("parent_run_id") and not resume:
         raise ConfigError(
             "name", f"study {cfg.name!r} already exists in {store.uri}", "pass --resume to continue it, or a new name"
         )
+    own_lock = lock is None
+    lock = lock or StudyLock(store, cfg.name).acquire(break_lock)
+    try:
+        return _run_locked(plan, store, lock, resume, progress, overrides or {})
+    finally:
+        if own_lock:
+            lock.release()
+
+
+def _start_ray(progress: bool, lock: StudyLock) -> bool:
+    """Join ``RAY_ADDRESS``, or start a local Ray bound to 127.0.0.1 (recorded in the lock); True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=progress, configure_logging=False)
+    if address is None:
+        kwargs["_node_ip_address"] = "127.0.0.1"  # with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the CLI sets it)
+    ray.init(address=address, **kwargs)
+    if address is None:
+        lock.track_ray_processes()
+    return address is None
+
+
+def _run_locked(
+    plan: StudyPlan, store: StudyStore, lock: StudyLock, resume: bool, progress: bool, overrides: dict[str, Any]
+) -> StudyOutcome:
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the driver's working directory
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0" if not progress else "1")
+    # Ray's experiment snapshot at least every second (its default, "auto", lets it lag up to 10 s): a driver
+    # killed right after a trial started then finds it on resume instead of a ghost
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    t0 = time.perf_counter()
+    cfg = plan.study
+    state = read_state(store)
 
     import mlflow
     import ray
@@ -121,30 +176,26 @@ def run_study(plan: StudyPlan, resume: bool = False, progress: bool = True) -> S
     from .teacher import obtain_teacher
     from .trainable import run_trial
 
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, include_dashboard=False, log_to_driver=progress, configure_logging=False)
-    data = splits_to_shared(plan.splits)
-    data_ref = ray.put(data)
-    log.info("dataset in the object store: %.1f MB (once per node)", shared_bytes(data) / 2**20)
-    probe_ref = ray.put(splits_to_shared(plan.probe_splits)) if plan.probe_splits is not None else None
-    teacher = obtain_teacher(plan, store, data_ref, progress)
-
+    started_ray = _start_ray(progress, lock)
     client = mlflow.MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     tags = {
         "cktf.study": cfg.name,
         "cktf.kind": "study",
-        "cktf.study_dir": store.uri,
-        "cktf.ray_storage": experiment_path(cfg),
+        "cktf.study_dir": cfg.logged_study_dir(),
+        "cktf.ray_storage": cfg.logged_ray_experiment(),
         "cktf.study_status": "running",
         "mlflow.source.git.commit": git_commit(),
     }
     exp_id, parent_id = parent_run(client, cfg.experiment, state, tags, parent_params(plan))
     if not state.get("parent_run_id"):
-        store.write_json(cfg.to_dict(), "study.resolved.json")
-        with_resolved = store.local_path("study.resolved.json")
-        if with_resolved is not None:
-            client.log_artifact(parent_id, str(with_resolved), "study")
+        import tempfile
+        from pathlib import Path
+
+        store.write_json(cfg.logged(), "study.resolved.json")  # ${VAR} values stay ${VAR}
+        with tempfile.TemporaryDirectory() as tmp:
+            logged = Path(tmp) / "study.resolved.json"
+            logged.write_text(json.dumps(cfg.logged(), indent=1, default=str))
+            client.log_artifact(parent_id, str(logged), "study")
         if cfg.source:
             client.log_artifact(parent_id, cfg.source, "study")
     write_state(
@@ -157,8 +208,58 @@ def run_study(plan: StudyPlan, resume: bool = False, progress: bool = True) -> S
         mode=cfg.search.mode,
         selection=plan.selection,
         num_trials=plan.num_trials,
+        overrides=state.get("overrides", overrides),
+        status="running",
+        stage="teacher",
     )
+    try:
+        data = splits_to_shared(plan.splits)
+        data_ref = ray.put(data)
+        log.info("dataset in the object store: %.1f MB (once per node)", shared_bytes(data) / 2**20)
+        probe_ref = ray.put(splits_to_shared(plan.probe_splits)) if plan.probe_splits is not None else None
+        teacher = obtain_teacher(plan, store, data_ref, progress)
+        write_state(store, stage="trials")
+        tuner = _tuner(
+            plan,
+            store,
+            tune,
+            client_ids=(exp_id, parent_id),
+            trainable=run_trial,
+            resume=resume,
+            refs=(data_ref, teacher, probe_ref),
+            scheduler_cls=PersistentASHA,
+        )
+        _fit(tuner)  # Ray's own view of the outcome is not trusted: the trial index decides (finish_study)
+        return finish_study(
+            cfg, store, StudyResults(store).complete(plan.num_trials), plan.num_trials, time.perf_counter() - t0
+        )
+    except KeyboardInterrupt:
+        log.warning("interrupted: the study stays incomplete and resumable")
+        return finish_study(cfg, store, False, plan.num_trials, time.perf_counter() - t0, interrupted=True)
+    finally:
+        if started_ray:
+            ray.shutdown()  # the local Ray ends with its driver
 
+
+def _fit(tuner: Any) -> None:
+    """``tuner.fit()``, then Ctrl-C is ours again: Tune's own SIGINT handler (a graceful stop of the trials) stays
+    installed after ``fit`` returns, and would swallow an interrupt of the report or the export."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        tuner.fit()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _tuner(plan: StudyPlan, store: StudyStore, tune: Any, client_ids, trainable, resume: bool, refs, scheduler_cls):
+    cfg = plan.study
+    exp_id, parent_id = client_ids
+    data_ref, teacher, probe_ref = refs
     callback = MLflowStudyCallback(
         cfg.mlflow.tracking_uri,
         exp_id,
@@ -172,52 +273,56 @@ def run_study(plan: StudyPlan, resume: bool = False, progress: bool = True) -> S
         plan.selection,
     )
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, study=cfg, store=store, data=data_ref, teacher=teacher, probe_data=probe_ref),
+    wrapped = tune.with_resources(
+        tune.with_parameters(trainable, study=cfg, store=store, data=data_ref, teacher=teacher, probe_data=probe_ref),
         resources,
     )
     path = experiment_path(cfg)
     if resume and tune.Tuner.can_restore(path):
         log.info("resuming study %s from %s", cfg.name, path)
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    else:
-        protect = dict(plan.baseline) if cfg.search.enqueue_baseline and cfg.search.protect_baseline else None
-        tuner = tune.Tuner(
-            trainable,
-            param_space={},
-            tune_config=tune.TuneConfig(
-                metric=cfg.search.metric,
-                mode=cfg.search.mode,
-                search_alg=_searcher(plan),
-                scheduler=PersistentASHA(
-                    time_attr=TIME_ATTR,
-                    max_t=cfg.max_t,
-                    grace_period=cfg.asha.grace_period,
-                    reduction_factor=cfg.asha.reduction_factor,
-                    brackets=cfg.asha.brackets,
-                    store=store,
-                    protect=protect,
-                ),
-                num_samples=cfg.search.num_samples,
-                max_concurrent_trials=cfg.max_concurrent or None,
-                reuse_actors=False,
+        return tune.Tuner.restore(path, trainable=wrapped, resume_errored=True)
+    protect = dict(plan.baseline) if cfg.search.enqueue_baseline and cfg.search.protect_baseline else None
+    return tune.Tuner(
+        wrapped,
+        param_space={},
+        tune_config=tune.TuneConfig(
+            metric=cfg.search.metric,
+            mode=cfg.search.mode,
+            search_alg=_searcher(plan),
+            scheduler=scheduler_cls(
+                time_attr=TIME_ATTR,
+                max_t=cfg.max_t,
+                grace_period=cfg.asha.grace_period,
+                reduction_factor=cfg.asha.reduction_factor,
+                brackets=cfg.asha.brackets,
+                store=store,
+                protect=protect,
             ),
-            run_config=tune.RunConfig(
-                name=cfg.name,
-                storage_path=cfg.ray_storage,
-                callbacks=[callback],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                verbose=1 if progress else 0,
-            ),
-        )
-    grid = tuner.fit()
-    complete = len(grid) >= cfg.search.num_samples and grid.num_terminated + grid.num_errors >= len(grid)
-    return finish_study(cfg, store, complete, len(grid), time.perf_counter() - t0)
+            num_samples=cfg.search.num_samples,
+            max_concurrent_trials=cfg.max_concurrent or None,
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=cfg.ray_storage,
+            callbacks=[callback],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            verbose=1 if os.environ.get("RAY_AIR_NEW_OUTPUT") != "0" else 0,
+        ),
+    )
 
 
-def finish_study(cfg: StudyConfig, store: StudyStore, complete: bool, num_trials: int, wall_s: float) -> StudyOutcome:
-    """Final statuses in MLflow and the trial index; the best trial, the report and its weights to the parent run."""
+def finish_study(
+    cfg: StudyConfig,
+    store: StudyStore,
+    complete: bool,
+    num_trials: int,
+    wall_s: float,
+    interrupted: bool = False,
+) -> StudyOutcome:
+    """Final statuses in MLflow and the trial index; for a complete study the report and the best student, then
+    ``complete`` last. An incomplete study reports no best: its parent run is KILLED and stays resumable."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
@@ -232,33 +337,39 @@ def finish_study(cfg: StudyConfig, store: StudyStore, complete: bool, num_trials
             client.set_terminated(rec["mlflow_run_id"], "KILLED")
     results = StudyResults(store)
     counts = results.counts()
-    best = results.best()
-    if best is not None:
-        client.log_metric(parent_id, f"best/{results.metric}", float(best.score))
-        if best.test is not None:
-            client.log_metric(parent_id, f"best/{results.test_metric}", float(best.test))
-        client.set_tag(parent_id, "cktf.best_trial", best.trial_id)
     for name, n in counts.items():
         client.log_metric(parent_id, f"trials_{name}", n)
-    status = "complete" if complete else "incomplete"
+    best = results.best() if complete else None
+    if complete and results.all_failed():
+        status = "failed"
+    elif complete:
+        status = "complete"
+    else:
+        status = "incomplete"
     if complete:
         from ..results.export import export_best
         from ..results.report import write_report
 
+        write_state(store, stage="report")
         report_dir = write_report(results)
         client.log_artifacts(parent_id, str(report_dir), "report")
         if best is not None:
             import tempfile
             from pathlib import Path
 
+            write_state(store, stage="export")
             best_dir = store.local_path("best") or Path(tempfile.mkdtemp(prefix="cktf-best-"))
             export_best(store.uri, best_dir / "student.safetensors")
             store.upload(best_dir, "best")
             client.log_artifacts(parent_id, str(best_dir), "best_student")
-    write_state(store, status=status, counts=counts, finished_at=time.time())
+            client.log_metric(parent_id, f"best/{results.metric}", float(best.score))
+            if best.test is not None:
+                client.log_metric(parent_id, f"best/{results.test_metric}", float(best.test))
+            client.set_tag(parent_id, "cktf.best_trial", best.trial_id)
     client.set_tag(parent_id, "cktf.study_status", status)
-    client.set_terminated(parent_id, "FINISHED" if complete else "KILLED")
-    return StudyOutcome(complete, store.uri, num_trials, counts, best, results.metric, wall_s)
+    client.set_terminated(parent_id, {"complete": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
+    write_state(store, status=status, stage="done" if complete else "stopped", counts=counts, finished_at=time.time())
+    return StudyOutcome(status, store.uri, num_trials, counts, best, results.metric, wall_s, interrupted)
 
 
 __all__ = ["StudyOutcome", "finish_study", "run_study"]

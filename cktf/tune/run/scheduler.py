@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from ..results.reader import FAILURE_KEY
 from ..results.store import StudyStore
 
 #: the rungs' file in the study's store
@@ -59,6 +60,8 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result) -> str:
         self._load_once()
+        if result.get(FAILURE_KEY):  # a failed trial's last result never enters the rungs
+            return TrialScheduler.STOP
         if trial.trial_id in self._stopped:  # stopped before a driver restart: stays stopped
             return TrialScheduler.STOP
         action = super().on_trial_result(tune_controller, trial, result)  # its value still enters the rung
@@ -72,7 +75,10 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result) -> None:
         self._load_once()
-        super().on_trial_complete(tune_controller, trial, result)
+        if result and result.get(FAILURE_KEY):
+            self.on_trial_remove(tune_controller, trial)  # forget it without recording its value
+        else:
+            super().on_trial_complete(tune_controller, trial, result)
         self._save()
 
     def _protected(self, trial) -> bool:

@@ -17,6 +17,8 @@ import math
 
 from ray.tune.search.optuna import OptunaSearch
 
+from ..results.reader import FAILURE_KEY
+
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +33,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Intermediate value at step = epochs done (a resumed trial does not re-report a step)."""
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or result.get(FAILURE_KEY):
             return
         ot_trial = self._ot_trials[trial_id]
         step, value = self._step(result), result.get(self.metric)
@@ -45,6 +47,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
 
+        if result and result.get(FAILURE_KEY):  # failed for good (a non-finite loss): Optuna is told FAIL
+            error = True
         if error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         step = self._step(result)

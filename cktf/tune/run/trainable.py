@@ -25,11 +25,12 @@ from ray import tune
 
 from ...registry import import_plugins
 from ...train.callbacks import Callback
+from ...train.checkpoint import has_resume_state
 from ...train.config import RunConfig
 from ...train.engine import NonFiniteLossError
 from ...train.runner import fit, prepare_run
 from ..plan.schema import StudyConfig
-from ..results.reader import FINISHED, PRUNED, TrialIndex
+from ..results.reader import FAILURE_KEY, FINISHED, PRUNED, TrialIndex, checkpoint_filesystem
 from ..results.store import StudyStore
 from .shared import splits_from_shared, teacher_from_shared, zero_copy_report
 
@@ -90,8 +91,8 @@ def trial_run_config(cfg: StudyConfig, sampled: dict[str, Any], out_dir: str, te
 
 
 def epochs_done(run_dir: Path) -> int:
-    """Epochs a run directory has completed (its ``metrics.jsonl`` lines; 0 without ``last.pt``)."""
-    if not (run_dir / "last.pt").exists() or not (run_dir / "metrics.jsonl").exists():
+    """Epochs a run directory has completed (its ``metrics.jsonl`` lines; 0 without a resume checkpoint)."""
+    if not has_resume_state(run_dir) or not (run_dir / "metrics.jsonl").exists():
         return 0
     return sum(1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip())
 
@@ -176,6 +177,12 @@ def run_trial(
     out = trial_dir / "run"
     out.mkdir(parents=True, exist_ok=True)
     ckpt = tune.get_checkpoint()
+    adopted = TrialIndex(store).get(trial_id)
+    if ckpt is None and adopted.get("adopted") and adopted.get("checkpoint"):
+        # this trial took over a ghost's record (lineage.adopt_ghost): go on from the ghost's last checkpoint
+        fs, path = checkpoint_filesystem(adopted)
+        ckpt = tune.Checkpoint(path, filesystem=fs)
+        log.info("trial %s goes on from the checkpoint of trial %s", trial_id, adopted["adopted"])
     if ckpt is not None:
         with ckpt.as_directory() as d:
             # the run directory on this node may be newer than the checkpoint Ray restored (the driver's
@@ -193,7 +200,9 @@ def run_trial(
     gpu = cfg.resources.gpu
     if torch.cuda.is_available() and 0 < gpu < 1:
         torch.cuda.set_per_process_memory_fraction(float(gpu))
-    extra = zero_copy_report(data)
+    import ray
+
+    extra: dict[str, Any] = {**zero_copy_report(data), "cktf/node_id": ray.get_runtime_context().get_node_id()}
     prepared = prepare_run(run_cfg, splits=splits_from_shared(data), teacher=t_model, teacher_arch=t_arch)
     callbacks: list[Callback] = [TuneReporter(out, extra)]
     if cfg.probe is not None:
@@ -204,4 +213,10 @@ def run_trial(
     try:
         fit(prepared, callbacks)
     except NonFiniteLossError as exc:
-        raise RuntimeError(f"trial stopped: {exc} (lower optim.lr or the loss weights in search.space)") from exc
+        # deterministic: a retry would fail the same way, so the trial ends now, reported as failed (never retried;
+        # retries are for infrastructure failures)
+        message = f"trial stopped: {exc} (lower optim.lr or the loss weights in search.space)"
+        log.warning("trial %s: %s", trial_id, message)
+        tune.report(
+            {cfg.search.metric: float("nan"), "epochs_done": epochs_done(out), FAILURE_KEY: 1.0, "cktf/error": message}
+        )
