@@ -189,7 +189,7 @@ def one_study(args, tmp: Path, concurrency: int, teacher: Path) -> dict:
     finally:
         timers.restore()
         ray.shutdown()
-    recs = [json.loads(p.read_text()) for p in (cfg.study_dir / "trials").glob("*.json")]
+    recs = [json.loads(p.read_text()) for p in (Path(cfg.study_dir) / "trials").glob("*.json")]
     training = [sum(h.get("epoch_time_s", 0) + h.get("eval_time_s", 0) for h in r["history"]) for r in recs]
     frames = [df for df in ExperimentAnalysis(driver.experiment_path(cfg)).trial_dataframes.values() if len(df)]
     excess = [(df["time_this_iter_s"] - df["epoch_time_s"] - df["eval_time_s"]).tolist() for df in frames]

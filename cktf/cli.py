@@ -273,6 +273,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mlflow_sync(args: argparse.Namespace) -> int:
+    """Replay into MLflow what a study's trial index holds and MLflow missed (a server that was down)."""
+    from .tune.plan import load_study
+    from .tune.results.reader import StudyResults, resolve_study_dir
+    from .tune.results.tracking import Tracking, sync_parent, sync_study
+
+    uri = args.tracking_uri
+    if uri is None and str(args.study).endswith((".yaml", ".yml")):
+        uri = load_study(args.study).mlflow.tracking_uri
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    results = StudyResults(resolve_study_dir(args.study))
+    state = results.state
+    if not state.get("parent_run_id"):
+        raise ConfigError("study", f"{results.study_dir} has no MLflow parent run recorded", "run the study first")
+    tracking = Tracking(uri, args.retry_s)
+    done = sync_study(tracking, results.store, state.get("experiment_id"), state["parent_run_id"], results.metric)
+    sync_parent(tracking, results, state["parent_run_id"])
+    if not tracking.up:
+        print(f"cktf: error: the tracking server at {uri} does not answer; nothing more was sent", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    print(f"MLflow at {uri} holds study {results.name} now: {done}")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of a study file (editors: ``# yaml-language-server: $schema=...``)."""
     if args.markdown:
@@ -412,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--i-mean-it", action="store_true", help="accept more than 2400 epochs or 1000 trials")
     p.add_argument("--break-lock", action="store_true", help="take over a study whose lock is stale (refused if fresh)")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("mlflow-sync", help="send MLflow what a study's trial index holds and MLflow missed")
+    p.add_argument("study", help="study directory (local or s3://), study YAML or study name")
+    p.add_argument("--tracking-uri", default=None, help="default: the study file's, else $MLFLOW_TRACKING_URI")
+    p.add_argument("--retry-s", type=float, default=30.0, help="how long each call retries")
+    p.set_defaults(func=cmd_mlflow_sync)
 
     p = sub.add_parser("schema", help="print the JSON Schema of a study file (cktf schema > study.schema.json)")
     p.add_argument("--markdown", action="store_true", help="the field reference table of docs/studies.md instead")

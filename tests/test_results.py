@@ -87,7 +87,7 @@ def test_export_report_and_parent_run_agree_on_the_minimum(tmp_path):
     cfg = study_from_dict(
         tiny_study(tmp_path, Path("/nonexistent"), search__metric="val_loss", search__mode="min", name="minstudy")
     )
-    study_dir = cfg.study_dir
+    study_dir = Path(cfg.study_dir)
     _index(study_dir)
     client = mlflow.MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     exp = client.create_experiment(cfg.experiment)

@@ -301,25 +301,34 @@ def test_the_baseline_trial_is_never_stopped_early(tmp_path):
     assert dict(sched.rungs())[1]["base"] == 10.0  # its value still counts for the others' cutoffs
 
 
-def test_reconcile_repairs_runs_left_open_by_a_killed_driver(tmp_path):
-    """The index says a trial ended but the driver died before MLflow was told: the next finish fixes it."""
+def test_sync_repairs_what_a_killed_driver_left_undone(tmp_path):
+    """The index says a trial ended (or has epochs) but the driver died before MLflow was told: the next finish (or
+    ``cktf mlflow-sync``) makes MLflow match the index, and a second sync finds nothing to do."""
     import mlflow
 
-    from cktf.tune.results.lineage import reconcile
     from cktf.tune.results.reader import TrialIndex
+    from cktf.tune.results.tracking import Tracking, sync_study
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("x")
+    parent = client.create_run(exp).info.run_id
     runs = {s: client.create_run(exp).info.run_id for s in ("pruned", "finished", "running")}
     index = TrialIndex(tmp_path)
+    history = [{"epoch": 0, "val_acc": 10.0}, {"epoch": 1, "val_acc": 12.5}]
     for status, run_id in runs.items():
-        index.update(status, status=status, mlflow_run_id=run_id, score=12.5)
-    assert reconcile(client, index, "val_acc") == 2
+        index.update(status, status=status, mlflow_run_id=run_id, score=12.5, history=history)
+    index.update("unlogged", status="finished", history=history, config={"alpha1": 0.3}, score=12.5)
+    done = sync_study(Tracking(uri), index.store, exp, parent, "val_acc")
+    assert done == {"runs_created": 1, "epochs_logged": 8, "statuses_fixed": 3}
     got = {s: client.get_run(r) for s, r in runs.items()}
     assert got["pruned"].info.status == "KILLED" and got["pruned"].data.tags["cktf.status"] == "pruned"
     assert got["finished"].info.status == "FINISHED" and got["finished"].data.metrics["selected_val_acc"] == 12.5
     assert got["running"].info.status == "RUNNING"
-    assert reconcile(client, index, "val_acc") == 0
+    made = client.get_run(index.get("unlogged")["mlflow_run_id"])
+    assert made.data.tags["cktf.trial_id"] == "unlogged" and made.data.params == {"alpha1": "0.3"}
+    assert [m.step for m in client.get_metric_history(made.info.run_id, "val_acc")] == [0, 1]
+    assert sync_study(Tracking(uri), index.store, exp, parent, "val_acc") == dict.fromkeys(done, 0)
 
 
 def test_every_shipped_study_round_trips_through_the_trial_dict(monkeypatch):

@@ -37,6 +37,21 @@ SEARCHABLE_TRAIN = ("batch_size", "seed")
 RECIPE_SECTIONS = ("optim", "train")
 
 
+class ResourceSpec(Config):
+    """Per-trial resources; a GPU fraction below 1 packs trials on one GPU (each keeps to its memory share)."""
+
+    cpu: float = Field(1.0, gt=0)
+    """CPU cores per trial (also its torch thread count)"""
+    gpu: float = Field(0.0, ge=0)
+    """GPUs per trial: a fraction in (0, 1] or a whole number"""
+
+    @model_validator(mode="after")
+    def _fraction(self) -> ResourceSpec:
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ConfigError("gpu", f"must be a fraction in [0, 1] or a whole number, got {self.gpu}")
+        return self
+
+
 class TeacherSpec(Config):
     """The study's teacher: an existing cktf checkpoint, or an architecture trained once per study."""
 
@@ -50,6 +65,8 @@ class TeacherSpec(Config):
     """the teacher's loop settings"""
     data: DataConfig | None = None
     """the source domain (transfer studies); default: the study's data"""
+    resources: ResourceSpec | None = None
+    """the teacher task's resources; default: a whole GPU where trials get GPUs, else every CPU of a node"""
 
 
 class ProbeSpec(Config):
@@ -112,21 +129,6 @@ class SamplerSpec(Config):
     """multivariate TPE"""
 
 
-class ResourceSpec(Config):
-    """Per-trial resources; a GPU fraction below 1 packs trials on one GPU (each keeps to its memory share)."""
-
-    cpu: float = Field(1.0, gt=0)
-    """CPU cores per trial (also its torch thread count)"""
-    gpu: float = Field(0.0, ge=0)
-    """GPUs per trial: a fraction in (0, 1] or a whole number"""
-
-    @model_validator(mode="after")
-    def _fraction(self) -> ResourceSpec:
-        if self.gpu > 1 and self.gpu != int(self.gpu):
-            raise ConfigError("gpu", f"must be a fraction in [0, 1] or a whole number, got {self.gpu}")
-        return self
-
-
 class MlflowSpec(Config):
     """Where the study's lineage goes."""
 
@@ -134,6 +136,8 @@ class MlflowSpec(Config):
     """sqlite:///mlflow.db, or a tracking server (http://host:5000)"""
     experiment: str | None = None
     """experiment name (default: cktf-<study name>)"""
+    retry_s: float = Field(60.0, gt=0)
+    """how long a call to the tracking server retries before the study goes on without it (and replays later)"""
 
 
 class StudyConfig(Config):
@@ -176,7 +180,8 @@ class StudyConfig(Config):
     keep_checkpoints: int = Field(2, ge=1)
     """checkpoints Ray keeps per trial"""
     workdir: str = "runs/studies"
-    """the study's own folder is workdir/name"""
+    """the study's own folder is workdir/name: a local path, a shared mount, or s3:// / gs:// (state, trial index,
+    teacher, report); every node of a cluster must reach it"""
     storage_path: str | None = None
     """Ray's storage (trial checkpoints): local path, shared mount, s3:// or gs:// (default: workdir/name/ray)"""
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
@@ -238,14 +243,19 @@ class StudyConfig(Config):
         return self.data.image_size or DATASETS.get(self.data.dataset).image_size
 
     @property
-    def study_dir(self) -> Path:
-        return Path(self.workdir).expanduser().resolve() / self.name
+    def study_dir(self) -> str:
+        """The study's own folder, ``workdir/name``: an absolute local path, or a URI (``s3://bucket/studies/x``)
+        when ``workdir`` is one; read and written only through :class:`~cktf.tune.results.store.StudyStore`."""
+        if "://" in self.workdir:
+            return self.workdir.rstrip("/") + "/" + self.name
+        return str(Path(self.workdir).expanduser().resolve() / self.name)
 
     @property
     def ray_storage(self) -> str:
+        """Ray's storage (trial checkpoints, experiment state): ``storage_path``, else the study's ``ray/``."""
         if self.storage_path:
             return self.storage_path if "://" in self.storage_path else str(Path(self.storage_path).resolve())
-        return str(self.study_dir / "ray")
+        return self.study_dir + "/ray"
 
     @property
     def experiment(self) -> str:

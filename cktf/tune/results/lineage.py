@@ -7,6 +7,10 @@
   run. Only the whitelisted metrics go to MLflow (``step = epoch``); the final status is FINISHED
   (ran ``max_t`` epochs), KILLED with tag ``cktf.status=pruned`` (ASHA stopped it) or FAILED.
 
+The trial index is written whatever MLflow does; MLflow calls go through :class:`~.tracking.Tracking`, which
+retries through a server restart and, while the server stays down, skips them: when it answers again the
+callback replays what it missed from the index (:func:`~.tracking.sync_study`).
+
 Ray pickles callbacks with the experiment (``Tuner.restore``), so the MLflow client is created lazily
 and left out of the pickle.
 """
@@ -31,10 +35,22 @@ from .reader import (
     select_epoch,
     wanted_metrics,
 )
+from .tracking import DEFAULT_BUDGET_S, DOWN, Tracking, sync_study
 
 
 def trial_config(trial: Any) -> dict[str, Any]:
     return {k: v for k, v in dict(trial.config).items() if not str(k).startswith("_")}
+
+
+def trial_tags(parent_run_id: str, trial_id: str, study: str, baseline: bool) -> dict[str, str]:
+    """The tags of a trial's child run (how a resumed driver, or ``cktf mlflow-sync``, finds it again)."""
+    return {
+        "mlflow.parentRunId": parent_run_id,
+        "cktf.parent": parent_run_id,
+        "cktf.trial_id": trial_id,
+        "cktf.study": study,
+        "cktf.baseline": str(baseline).lower(),
+    }
 
 
 class MLflowStudyCallback(Callback):
@@ -52,30 +68,46 @@ class MLflowStudyCallback(Callback):
         metric: str = "val_acc",
         mode: str = "max",
         selection: str = BEST_EPOCH,
+        budget_s: float = DEFAULT_BUDGET_S,
     ):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.study_dir, self.study_name, self.max_t, self.baseline = study_dir, study_name, int(max_t), baseline
         self.metric, self.mode, self.selection = metric, mode, selection  # how a trial's history is judged
+        self.budget_s = float(budget_s)
         self._client = None
         self._logged: dict[str, set[int]] = {}  # per trial, the epochs its MLflow run already holds
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None, "_logged": {}}
 
-    def _logged_steps(self, trial_id: str, run_id: str) -> set[int]:
+    def replay(self) -> dict[str, int]:
+        """Give MLflow what it missed while it was down (or a killed driver never sent), from the index."""
+        done = sync_study(self.client, self.index.store, self.experiment_id, self.parent_run_id, self.metric)
+        self._logged.clear()
+        if any(done.values()):
+            import logging
+
+            logging.getLogger(__name__).warning("MLflow caught up from the trial index: %s", done)
+        return done
+
+    def _logged_steps(self, trial_id: str, run_id: str | None) -> set[int] | None:
         """The epochs the trial's run already has (read from MLflow once per driver: a driver killed between
-        logging an epoch and recording it in the index must not log that epoch twice when it is re-run)."""
+        logging an epoch and recording it in the index must not log that epoch twice when it is re-run);
+        ``None`` while MLflow is unreachable."""
+        if run_id is None:
+            return None
         if trial_id not in self._logged:
             history = self.client.get_metric_history(run_id, self.metric)
+            if history is DOWN:
+                return None
             self._logged[trial_id] = {int(m.step) for m in history}
         return self._logged[trial_id]
 
     @property
-    def client(self):
+    def client(self) -> Tracking:
         if self._client is None:
-            import mlflow
-
-            self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = Tracking.shared(self.tracking_uri, self.budget_s)
+            self._client.on_back = self.replay
         return self._client
 
     @property
@@ -83,8 +115,9 @@ class MLflowStudyCallback(Callback):
         return TrialIndex(self.study_dir)
 
     # -------------------------------------------------------------- runs
-    def run_for(self, trial: Any) -> str:
-        """The trial's child run: from the index, else by tag, else a new one (params logged once)."""
+    def run_for(self, trial: Any) -> str | None:
+        """The trial's child run: from the index, else by tag, else a new one (params logged once); ``None`` while
+        MLflow is unreachable (the index record is kept all the same, and the run is made when MLflow is back)."""
         rec = self.index.get(trial.trial_id)
         run_id = rec.get("mlflow_run_id")
         if not run_id:
@@ -96,23 +129,20 @@ class MLflowStudyCallback(Callback):
                 max_results=1,
             )
             run_id = found[0].info.run_id if found else None
+            if found is DOWN:
+                run_id = None
         config = trial_config(trial)
         is_baseline = bool(self.baseline) and all(config.get(k) == v for k, v in self.baseline.items())
-        if not run_id:
-            tags = {
-                "mlflow.parentRunId": self.parent_run_id,
-                "cktf.parent": self.parent_run_id,
-                "cktf.trial_id": trial.trial_id,
-                "cktf.study": self.study_name,
-                "cktf.baseline": str(is_baseline).lower(),
-            }
+        if not run_id and self.client.up:
+            tags = trial_tags(self.parent_run_id, trial.trial_id, self.study_name, is_baseline)
             run = self.client.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
-            run_id = run.info.run_id
-            from mlflow.entities import Param
+            if run:
+                run_id = run.info.run_id
+                from mlflow.entities import Param
 
-            params = [Param(str(k), str(v)[:500]) for k, v in sorted(config.items())]
-            for i in range(0, len(params), 100):
-                self.client.log_batch(run_id, params=params[i : i + 100])
+                params = [Param(str(k), str(v)[:500]) for k, v in sorted(config.items())]
+                for i in range(0, len(params), 100):
+                    self.client.log_batch(run_id, params=params[i : i + 100])
         if not rec:
             self.index.update(
                 trial.trial_id,
@@ -123,7 +153,7 @@ class MLflowStudyCallback(Callback):
                 history=[],
                 mlflow_run_id=run_id,
             )
-        else:
+        elif run_id != rec.get("mlflow_run_id"):
             self.index.update(trial.trial_id, mlflow_run_id=run_id)
         return run_id
 
@@ -134,7 +164,8 @@ class MLflowStudyCallback(Callback):
         rec = self.index.get(trial.trial_id)
         again = rec.get("status") == status and rec.get("ended")  # a restarted trial that ended again at once
         score = None if again else rec.get("score")
-        terminate_run(self.client, run_id, status, error, score, self.metric)
+        if run_id:
+            terminate_run(self.client, run_id, status, error, score, self.metric)
         if not again:
             self.index.update(trial.trial_id, status=status, error=error, ended=time.time())
 
@@ -162,14 +193,18 @@ class MLflowStudyCallback(Callback):
         run_id = self.run_for(trial)
         if self.index.get(trial.trial_id).get("status") in (FINISHED, PRUNED):
             return  # restarted from a lagging Ray snapshot: the trainable exits at once, the record stands
-        self.client.update_run(run_id, status="RUNNING")
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
         self.index.update(trial.trial_id, status=RUNNING)
 
     on_trial_restore = on_trial_start
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info) -> None:
         run_id = self.run_for(trial)
-        self.client.set_tag(run_id, "cktf.retries", str(int(getattr(trial, "num_failures", 0))))
+        retries = int(getattr(trial, "num_failures", 0))
+        self.index.update(trial.trial_id, retries=retries)
+        if run_id:
+            self.client.set_tag(run_id, "cktf.retries", str(retries))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info) -> None:
         from mlflow.entities import Metric
@@ -183,10 +218,10 @@ class MLflowStudyCallback(Callback):
         rec = self.index.get(trial.trial_id)
         ts = int(time.time() * 1000)
         logged = self._logged_steps(trial.trial_id, run_id)
-        if step not in logged and all(h.get("epoch") != step for h in rec.get("history", [])):
+        if logged is not None and step not in logged and all(h.get("epoch") != step for h in rec.get("history", [])):
             # an epoch re-run after a restart is not logged twice (the index keeps the re-run's values)
-            self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
-            logged.add(step)
+            if self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()]) is not DOWN:
+                logged.add(step)
         history = [h for h in rec.get("history", []) if h.get("epoch") != step] + [{"epoch": step, **metrics}]
         history.sort(key=lambda h: h["epoch"])
         extra = {k: v for k, v in result.items() if str(k).startswith("data/")}
@@ -200,7 +235,7 @@ class MLflowStudyCallback(Callback):
                 for k, v in row.items()
                 if k != "probe_epoch"
             ]
-            for i in range(0, len(batch), 500):
+            for i in range(0, len(batch) if run_id else 0, 500):
                 self.client.log_batch(run_id, metrics=batch[i : i + 500])
             self.index.update(trial.trial_id, probe_curve=curve)
         self.index.update(
@@ -211,6 +246,8 @@ class MLflowStudyCallback(Callback):
             data=extra or rec.get("data"),
             node_id=result.get("cktf/node_id", rec.get("node_id")),
             pid=result.get("pid", rec.get("pid")),
+            gpu_ids=result.get("cktf/gpu_ids", rec.get("gpu_ids")),
+            start_epochs=_starts(rec, result),
         )
 
     def on_experiment_end(self, trials: list, **info) -> None:
@@ -247,6 +284,15 @@ class MLflowStudyCallback(Callback):
         self._set_status(trial, FAILED, error or "trial failed (see the Ray trial directory)")
 
 
+def _starts(rec: dict[str, Any], result: dict) -> list[int]:
+    """The epoch each process of the trial started from (0, then the checkpoint's epoch after each restart)."""
+    starts = list(rec.get("start_epochs", []))
+    start = result.get("cktf/start_epoch")
+    if start is not None and int(result.get("epochs_done", 0)) == int(start) + 1:  # its first result
+        starts.append(int(start))
+    return starts
+
+
 def terminate_run(
     client: Any, run_id: str, status: str, error: str | None = None, score: float | None = None, metric: str = ""
 ) -> None:
@@ -258,20 +304,6 @@ def terminate_run(
     if score is not None:
         client.log_metric(run_id, f"selected_{metric or 'score'}", float(score))
     client.set_terminated(run_id, MLFLOW_STATUS[status])
-
-
-def reconcile(client: Any, index: TrialIndex, metric: str = "") -> int:
-    """Make every ended trial's MLflow run show the index's status; returns how many were repaired."""
-    repaired = 0
-    for rec in index.all():
-        status, run_id = rec.get("status"), rec.get("mlflow_run_id")
-        if status not in (FINISHED, PRUNED, FAILED) or not run_id:
-            continue
-        run = client.get_run(run_id)
-        if run.info.status != MLFLOW_STATUS[status] or run.data.tags.get("cktf.status") != status:
-            terminate_run(client, run_id, status, rec.get("error"), rec.get("score"), metric)
-            repaired += 1
-    return repaired
 
 
 def git_commit() -> str:

@@ -72,10 +72,20 @@ class StudyStore:
         return None if data is None else data.decode("utf-8")
 
     def read_json(self, *parts: str, default: Any = None) -> Any:
-        text = self.read_text(*parts)
-        if text is None:
-            return default
-        return json.loads(text)
+        """The parsed file (``default`` when missing). A file caught mid-write by a store without atomic writes is
+        read again a few times before its error stands."""
+        import time
+
+        for attempt in range(4):
+            text = self.read_text(*parts)
+            if text is None:
+                return default
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                if attempt == 3:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def list(self, *parts: str, suffix: str = "") -> list[str]:
         """File names (not paths) directly under the folder ``parts``, sorted; ``[]`` when it does not exist."""

@@ -26,9 +26,10 @@ from typing import Any
 from ...errors import ConfigError
 from ..plan.schema import StudyConfig
 from ..plan.validate import StudyPlan
-from ..results.lineage import MLflowStudyCallback, git_commit, parent_run, reconcile
+from ..results.lineage import MLflowStudyCallback, git_commit, parent_run
 from ..results.reader import RUNNING, StudyResults, TrialIndex, TrialResult, read_state, write_state
 from ..results.store import StudyStore
+from ..results.tracking import Tracking, sync_study
 from .lock import StudyLock
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class StudyOutcome:
     metric: str
     wall_s: float
     interrupted: bool = False
+    mlflow_synced: bool = True  # False: MLflow was down at the end (cktf mlflow-sync replays the index)
 
     @property
     def complete(self) -> bool:
@@ -163,11 +165,12 @@ def _run_locked(
     # Ray's experiment snapshot at least every second (its default, "auto", lets it lag up to 10 s): a driver
     # killed right after a trial started then finds it on resume instead of a ghost
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # with a searcher, Tune keeps one trial pending by default, so a cluster's slots fill one trial at a time
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2, plan.study.max_concurrent or 8)))
     t0 = time.perf_counter()
     cfg = plan.study
     state = read_state(store)
 
-    import mlflow
     import ray
     from ray import tune
 
@@ -177,7 +180,7 @@ def _run_locked(
     from .trainable import run_trial
 
     started_ray = _start_ray(progress, lock)
-    client = mlflow.MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
+    client = Tracking.shared(cfg.mlflow.tracking_uri, cfg.mlflow.retry_s)
     tags = {
         "cktf.study": cfg.name,
         "cktf.kind": "study",
@@ -186,7 +189,18 @@ def _run_locked(
         "cktf.study_status": "running",
         "mlflow.source.git.commit": git_commit(),
     }
-    exp_id, parent_id = parent_run(client, cfg.experiment, state, tags, parent_params(plan))
+    try:
+        exp_id, parent_id = parent_run(client, cfg.experiment, state, tags, parent_params(plan))
+    except AttributeError:  # a DOWN answer has no experiment_id / info
+        exp_id = parent_id = None
+    if not client.up or not parent_id:
+        if started_ray:
+            ray.shutdown()
+        raise ConfigError(
+            "mlflow.tracking_uri",
+            f"the tracking server at {cfg.mlflow.tracking_uri} does not answer (tried for {cfg.mlflow.retry_s:.0f} s)",
+            "start it, or point mlflow.tracking_uri at one that runs",
+        )
     if not state.get("parent_run_id"):
         import tempfile
         from pathlib import Path
@@ -218,6 +232,9 @@ def _run_locked(
         log.info("dataset in the object store: %.1f MB (once per node)", shared_bytes(data) / 2**20)
         probe_ref = ray.put(splits_to_shared(plan.probe_splits)) if plan.probe_splits is not None else None
         teacher = obtain_teacher(plan, store, data_ref, progress)
+        teacher_ref = ray.put(teacher) if teacher is not None else None  # once per node, like the data
+        if read_state(store).get("teacher_resources"):
+            client.set_tag(parent_id, "cktf.teacher_resources", json.dumps(read_state(store)["teacher_resources"]))
         write_state(store, stage="trials")
         tuner = _tuner(
             plan,
@@ -226,10 +243,11 @@ def _run_locked(
             client_ids=(exp_id, parent_id),
             trainable=run_trial,
             resume=resume,
-            refs=(data_ref, teacher, probe_ref),
+            refs=(data_ref, teacher_ref, probe_ref),
             scheduler_cls=PersistentASHA,
         )
         _fit(tuner)  # Ray's own view of the outcome is not trusted: the trial index decides (finish_study)
+        write_state(store, object_transfers=object_transfers(data=data_ref, teacher=teacher_ref, probe=probe_ref))
         return finish_study(
             cfg, store, StudyResults(store).complete(plan.num_trials), plan.num_trials, time.perf_counter() - t0
         )
@@ -239,6 +257,26 @@ def _run_locked(
     finally:
         if started_ray:
             ray.shutdown()  # the local Ray ends with its driver
+
+
+def object_transfers(**refs: Any) -> dict[str, dict[str, Any]]:
+    """Where each shared object lies now: its size and the nodes holding a copy (one per node that ran a trial,
+    however many trials ran there); the bytes that crossed between nodes are ``bytes * (copies - 1)``."""
+    import ray
+
+    live = {name: ref for name, ref in refs.items() if ref is not None}
+    try:
+        found = ray.experimental.get_object_locations(list(live.values()))
+    except Exception as exc:  # a diagnostic only: never fail a study for it
+        log.info("object locations unavailable: %s", exc)
+        return {}
+    out = {}
+    for name, ref in live.items():
+        info = found.get(ref) or {}
+        nodes = sorted(info.get("node_ids") or [])
+        size = int(info.get("object_size") or 0)
+        out[name] = {"bytes": size, "nodes": nodes, "copies": len(nodes), "bytes_moved": size * max(len(nodes) - 1, 0)}
+    return out
 
 
 def _fit(tuner: Any) -> None:
@@ -271,6 +309,7 @@ def _tuner(plan: StudyPlan, store: StudyStore, tune: Any, client_ids, trainable,
         cfg.search.metric,
         cfg.search.mode,
         plan.selection,
+        cfg.mlflow.retry_s,
     )
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
     wrapped = tune.with_resources(
@@ -323,14 +362,13 @@ def finish_study(
 ) -> StudyOutcome:
     """Final statuses in MLflow and the trial index; for a complete study the report and the best student, then
     ``complete`` last. An incomplete study reports no best: its parent run is KILLED and stays resumable."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
-    parent_id = read_state(store)["parent_run_id"]
+    client = Tracking.shared(cfg.mlflow.tracking_uri, cfg.mlflow.retry_s)
+    state = read_state(store)
+    parent_id = state["parent_run_id"]
     index = TrialIndex(store)
-    repaired = reconcile(client, index, cfg.search.metric)
-    if repaired:
-        log.info("MLflow: %d trial run(s) had not been given their final status; fixed", repaired)
+    replayed = sync_study(client, store, state.get("experiment_id"), parent_id, cfg.search.metric)
+    if any(replayed.values()):
+        log.info("MLflow was behind the trial index; caught up: %s", replayed)
     for rec in index.all():  # trials the driver left running (interrupted): visible as such, reopened on resume
         if rec.get("status") == RUNNING and rec.get("mlflow_run_id"):
             client.set_tag(rec["mlflow_run_id"], "cktf.status", "interrupted")
@@ -369,7 +407,17 @@ def finish_study(
     client.set_tag(parent_id, "cktf.study_status", status)
     client.set_terminated(parent_id, {"complete": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
     write_state(store, status=status, stage="done" if complete else "stopped", counts=counts, finished_at=time.time())
-    return StudyOutcome(status, store.uri, num_trials, counts, best, results.metric, wall_s, interrupted)
+    if not client.up:
+        log.warning(
+            "MLflow at %s is still down: the study's results are in its trial index (%s); send them to MLflow with: "
+            "cktf mlflow-sync %s",
+            cfg.mlflow.tracking_uri,
+            store.uri,
+            store.uri,
+        )
+    return StudyOutcome(
+        status, store.uri, num_trials, counts, best, results.metric, wall_s, interrupted, mlflow_synced=client.up
+    )
 
 
 __all__ = ["StudyOutcome", "finish_study", "run_study"]

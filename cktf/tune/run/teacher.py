@@ -35,6 +35,19 @@ def teacher_run_config(cfg: StudyConfig, out_dir: str) -> RunConfig:
     )
 
 
+def teacher_resources(cfg: StudyConfig) -> dict[str, float]:
+    """The teacher task's resources: ``teacher.resources``, else a whole GPU when trials get GPUs, else every CPU of
+    the largest node (the teacher trains alone, before any trial: nothing else needs the node)."""
+    import ray
+
+    if cfg.teacher.resources is not None:
+        return {"cpu": cfg.teacher.resources.cpu, "gpu": cfg.teacher.resources.gpu}
+    if cfg.resources.gpu > 0:
+        return {"cpu": cfg.resources.cpu, "gpu": max(1.0, float(int(cfg.resources.gpu)))}
+    cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    return {"cpu": max(cpus, default=0.0) or cfg.resources.cpu, "gpu": 0.0}
+
+
 def _train_teacher_task(cfg: StudyConfig, data: dict[str, Any], out_dir: str) -> tuple[dict[str, Any], dict]:
     """Ray task: train the study's teacher once on the shared train split (resumable in ``out_dir``)."""
     from ...train.checkpoint import load_model
@@ -66,9 +79,16 @@ def obtain_teacher(plan: StudyPlan, store: StudyStore, data_ref: Any, progress: 
         model, meta = load_model(local, "teacher")
         log.info("teacher: reusing %s", store.uri_of(TEACHER_FILE))
         return teacher_to_shared(model, meta, store.uri_of(TEACHER_FILE))
-    log.info("teacher: training %s for %d epochs (once per study)", cfg.teacher.arch, cfg.teacher.train.epochs)
-    gpu = 1 if cfg.resources.gpu > 0 else 0
-    task = ray.remote(_train_teacher_task).options(num_cpus=cfg.resources.cpu, num_gpus=gpu, max_retries=0)
+    res = teacher_resources(cfg)
+    log.info(
+        "teacher: training %s for %d epochs (once per study) on %s CPU(s) and %s GPU(s)",
+        cfg.teacher.arch,
+        cfg.teacher.train.epochs,
+        res["cpu"],
+        res["gpu"],
+    )
+    write_state(store, teacher_resources=res)
+    task = ray.remote(_train_teacher_task).options(num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=0)
     if cfg.teacher.data is not None:  # the source domain (transfer): decoded here, shared with the task only
         from ...data import load_splits
 

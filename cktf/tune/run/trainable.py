@@ -64,6 +64,18 @@ def already_ended(store: StudyStore, trial_id: str) -> dict[str, Any] | None:
     return rec if rec.get("status") in (FINISHED, PRUNED) and rec.get("history") else None
 
 
+def apply_gpu_share(share: float, device: str) -> bool:
+    """Cap this process's CUDA caching allocator to ``share`` of the GPU when a trial gets a fraction of one (Ray's
+    fractions are logical only, ray#41432); True when a cap was applied. A trial trained on the CPU (``device:
+    cpu``, or no CUDA) has nothing to cap."""
+    import torch
+
+    if not 0 < share < 1 or device == "cpu" or not torch.cuda.is_available():
+        return False
+    torch.cuda.set_per_process_memory_fraction(float(share))
+    return True
+
+
 def trial_run_config(cfg: StudyConfig, sampled: dict[str, Any], out_dir: str, teacher: str | None) -> RunConfig:
     """The trial's single-run config: the study's fixed recipe plus the sampled values.
 
@@ -197,12 +209,18 @@ def run_trial(
     t_model, t_arch = teacher_from_shared(teacher) if teacher else (None, None)
     run_cfg = trial_run_config(cfg, sampled, str(out), teacher["path"] if teacher else None)
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))  # trials share the node's cores
-    gpu = cfg.resources.gpu
-    if torch.cuda.is_available() and 0 < gpu < 1:
-        torch.cuda.set_per_process_memory_fraction(float(gpu))
     import ray
 
-    extra: dict[str, Any] = {**zero_copy_report(data), "cktf/node_id": ray.get_runtime_context().get_node_id()}
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]  # the devices Ray assigned (CUDA_VISIBLE_DEVICES is set to them)
+    capped = apply_gpu_share(cfg.resources.gpu, run_cfg.train.device)
+    extra: dict[str, Any] = {
+        **zero_copy_report(data),
+        "cktf/node_id": ray.get_runtime_context().get_node_id(),
+        "cktf/gpu_ids": ",".join(gpu_ids),
+        "cktf/gpu_share": float(cfg.resources.gpu),
+        "cktf/gpu_memory_capped": float(capped),
+        "cktf/start_epoch": float(epochs_done(out)),  # > 0: this process went on from a checkpoint
+    }
     prepared = prepare_run(run_cfg, splits=splits_from_shared(data), teacher=t_model, teacher_arch=t_arch)
     callbacks: list[Callback] = [TuneReporter(out, extra)]
     if cfg.probe is not None:
