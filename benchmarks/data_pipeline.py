@@ -9,7 +9,11 @@ Measures, in one run, images/s of:
 * Tiny-ImageNet (``tiny-imagenet-200-mini``): our batched RandomResizedCrop(64) + flip vs torchvision's
   ``RandomResizedCrop(64)`` the same way;
 * the cache: time to load a decoded split (and, with ``--cold``, the first decode into a fresh cache);
-* contrastive negatives: ms per batch of ``contrast_idx`` at B=64, K=16384, N=50,000.
+* contrastive negatives: ms per batch of ``contrast_idx`` at B=64, K=16384, N=50,000, side by side: the window
+  draw (default) and the independent draw against the per-row ``Generator.choice`` this project used before
+  (commit 8c3fccc) and the official per-sample ``np.random.choice`` (``CIFAR100InstanceSample``);
+* RandomResizedCrop resampling of 64 Tiny-ImageNet-sized images: the row-gather + one matmul path against the
+  two-matmul path it replaced (commit 8c3fccc).
 
 Usage: ``.venv/bin/python benchmarks/data_pipeline.py [--root DATA_ROOT] [--seconds 2.5] [--cold]``.
 """
@@ -118,20 +122,115 @@ def bench_dataset(name: str, root: Path, cache_dir, seconds: float, rows: list) 
             print(f"  tv    batch {batch} workers {workers}: {r:,.0f} img/s", flush=True)
 
 
+def before_rowwise(sampler: ContrastSampler, index: torch.Tensor, generator: torch.Generator) -> np.ndarray:
+    """The sampler before the window draw (commit 8c3fccc): ``Generator.choice(m, K, replace=False)`` per row, then
+    the class-block offset and the sort order."""
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator).item())
+    rng = np.random.default_rng(seed)
+    order, start, count = (t.numpy() for t in sampler._cpu)
+    idx = index.numpy()
+    k = sampler.cfg.k
+    st, ct = start[idx], count[idx]
+    pos = np.empty((len(idx), k + 1), dtype=np.int64)
+    neg = pos[:, 1:]
+    for row, m in zip(neg, (sampler.n - ct).tolist()):
+        row[:] = rng.choice(m, size=k, replace=False, shuffle=False)
+    neg += (neg >= st[:, None]) * ct[:, None]
+    pos[:, 0] = np.argsort(order)[idx]  # the anchor itself (exact mode)
+    return np.take(order, pos)
+
+
+def official_per_sample(cls_negative: list[np.ndarray], targets: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
+    """RepDistiller ``CIFAR100InstanceSample.__getitem__``: ``np.random.choice(cls_negative[target], K,
+    replace=False)`` for one sample at a time (legacy ``RandomState``: a full permutation of the pool each)."""
+    return np.stack([np.hstack(([i], np.random.choice(cls_negative[targets[i]], k, replace=False))) for i in index])
+
+
+def _median_ms(fn, reps: int = 20) -> tuple[float, float]:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times)), 1e3 * float(np.min(times))
+
+
 def bench_contrast(rows_out: list) -> None:
+    """ms per ``contrast_idx`` batch (B=64, K=16384, N=50,000, 100 classes), every draw in one run, 1 thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     targets = np.random.default_rng(0).permutation(np.repeat(np.arange(100), 500))
-    for replace in (False, True):
-        s = ContrastSampler(targets, ContrastConfig(k=16384, replace=replace))
-        g = torch.Generator().manual_seed(0)
-        idx = torch.randint(0, 50000, (64,), generator=g)
-        for _ in range(3):
-            s.sample(idx, g)
-        times = []
-        for _ in range(20):
-            t = time.perf_counter()
-            s.sample(idx, g)
-            times.append(time.perf_counter() - t)
-        rows_out.append((replace, 1e3 * float(np.median(times)), 1e3 * float(np.min(times))))
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 50000, (64,), generator=g)
+    window = ContrastSampler(targets, ContrastConfig(k=16384))
+    independent = ContrastSampler(targets, ContrastConfig(k=16384, draw="independent"))
+    replaced = ContrastSampler(targets, ContrastConfig(k=16384, replace=True))
+    cls_negative = [np.flatnonzero(targets != c) for c in range(100)]
+    cases = [
+        (
+            "without replacement",
+            "official: np.random.choice per sample",
+            lambda: official_per_sample(cls_negative, targets, idx.numpy(), 16384),
+            5,
+        ),
+        ("without replacement", "before: Generator.choice per row", lambda: before_rowwise(window, idx, g), 20),
+        (
+            "without replacement",
+            "independent: Generator.choice per row",
+            lambda: independent.sample(idx, g),
+            10,
+        ),
+        ("without replacement", "window (default)", lambda: window.sample(idx, g), 20),
+        (
+            "with replacement",
+            "uniform integers",
+            lambda: replaced.sample(idx, g),
+            20,
+        ),
+    ]
+    for kind, draw, fn, reps in cases:
+        med, best = _median_ms(fn, reps)
+        rows_out.append((kind, draw, med, best))
+        print(f"  contrast {kind}, {draw}: {med:.2f} ms", flush=True)
+    torch.set_num_threads(threads)
+
+
+def before_rrc_resample(x: torch.Tensor, boxes: torch.Tensor, size: int, flips: torch.Tensor) -> torch.Tensor:
+    """RandomResizedCrop resampling before (commit 8c3fccc): the float copy of the whole batch, then two batched
+    matmuls with dense per-sample interpolation matrices (``out = Wy @ x @ Wx.T``)."""
+    from cktf.data.augment import _interp_matrix
+
+    x = x.to(torch.float32, memory_format=torch.contiguous_format)
+    b, c, h, w = x.shape
+    top, left, bh, bw = boxes.unbind(1)
+    wy = _interp_matrix(top, bh, size, h)
+    wx = _interp_matrix(left, bw, size, w, flips)
+    t = torch.bmm(x.reshape(b, c * h, w), wx.transpose(1, 2))
+    t = t.view(b, c, h, size).transpose(2, 3).reshape(b, c * size, h)
+    return torch.bmm(t, wy.transpose(1, 2)).view(b, c, size, size).transpose(2, 3)
+
+
+def bench_rrc(rows_out: list) -> None:
+    """ms per 64 RandomResizedCrop(64) resamples of 64x64 uint8 NHWC images, before and after, 1 thread."""
+    from cktf.data.augment import _resample_separable, rrc_params
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 64, 64, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
+    params = rrc_params(64, 64, 64, generator=g)
+    boxes, flips = params[:, :4], params[:, 4] > 0.5
+    same = (before_rrc_resample(x, boxes, 64, flips) - _resample_separable(x, boxes, 64, flips)).abs().max()
+    for name, fn in [
+        ("before: float copy + two bmm", lambda: before_rrc_resample(x, boxes, 64, flips)),
+        ("after: row gathers + one bmm", lambda: _resample_separable(x, boxes, 64, flips)),
+    ]:
+        med, best = _median_ms(fn, 40)
+        rows_out.append((name, med, best, float(same)))
+        print(f"  rrc {name}: {med:.2f} ms", flush=True)
+    torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,16 +267,24 @@ def main(argv: list[str] | None = None) -> int:
     bench_dataset("tiny_imagenet", args.root, args.cache_dir, args.seconds, rows)
     contrast: list = []
     bench_contrast(contrast)
+    rrc: list = []
+    bench_rrc(rrc)
 
     print("\n| dataset | augmentation | pipeline | batch | workers | img/s | cktf (1 thread) / this |")
     print("|---|---|---|---|---|---|---|")
     for name, aug, pipe, batch, workers, r, ratio in rows:
         shown = "-" if ratio is None else f"{ratio:.1f}x"
         print(f"| {name} | {aug} | {pipe} | {batch} | {workers} | {r:,.0f} | {shown} |")
-    print("\n| contrast_idx B=64 K=16384 N=50,000 | median ms/batch | min ms/batch |")
-    print("|---|---|---|")
-    for replace, med, best in contrast:
-        print(f"| replace={replace} | {med:.1f} | {best:.1f} |")
+    window = next(med for kind, draw, med, _ in contrast if draw.startswith("window"))
+    print("\n| contrast_idx B=64 K=16384 N=50,000 | draw | median ms/batch | min ms/batch | this / window |")
+    print("|---|---|---|---|---|")
+    for kind, draw, med, best in contrast:
+        print(f"| {kind} | {draw} | {med:.2f} | {best:.2f} | {med / window:.1f}x |")
+    after = rrc[-1][1]
+    print("\n| RandomResizedCrop(64) resample, 64 images | median ms | min ms | this / after | max abs diff |")
+    print("|---|---|---|---|---|")
+    for name, med, best, diff in rrc:
+        print(f"| {name} | {med:.2f} | {best:.2f} | {med / after:.2f}x | {diff:.1e} |")
     return 0
 
 

@@ -25,7 +25,6 @@ from cktf.data import (
     prepare,
 )
 from cktf.data import augment as aug
-from cktf.data.contrast import _distinct_topk
 from cktf.data.imagefolder import channel_stats
 from cktf.data.splits import holdout, stratified_pick
 from cktf.data.stl10 import read_images
@@ -462,14 +461,74 @@ def test_contrast_k_too_large_names_field_and_max():
         ContrastSampler(np.zeros(10, dtype=np.int64), ContrastConfig(k=1, replace=True))
 
 
-def test_topk_sampler_distinct_and_in_range():
-    pool = torch.tensor([50, 37, 50, 1])
-    r = _distinct_topk(pool, 1, torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert r.shape == (4, 1) and (r[:, 0] < pool).all()
-    pool = torch.tensor([50, 37, 50])
-    r = _distinct_topk(pool, 37, torch.Generator(), torch.device("cpu"))
-    assert all(len(set(row)) == 37 for row in r.tolist()) and (r < pool[:, None]).all()
-    assert sorted(r[1].tolist()) == list(range(37))
+@pytest.mark.parametrize("replace", [False, True])
+@pytest.mark.parametrize("k", [25, 120])  # 120: the smallest pool, so K = m for the largest class's anchors
+@pytest.mark.parametrize("sizes", [(60, 60, 60), (60, 40, 50, 30)])
+def test_contrast_backends_draw_the_same_indices(sizes, k, replace):
+    t = _targets(sizes)
+    idx = torch.randperm(len(t), generator=torch.Generator().manual_seed(1))[:64]
+    cfg = ContrastConfig(k=k, replace=replace)
+    a = ContrastSampler(t, cfg, backend="numpy").sample(idx, torch.Generator().manual_seed(3))
+    b = ContrastSampler(t, cfg, backend="torch").sample(idx, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    tt = torch.as_tensor(t)
+    assert (tt[a[:, 1:]] != tt[idx][:, None]).all()
+    if not replace:
+        assert all(len(set(row)) == k for row in a[:, 1:].tolist())
+    independent = ContrastSampler(t, ContrastConfig(k=k, draw="independent"), backend="numpy")
+    c = independent.sample(idx, torch.Generator().manual_seed(3))
+    assert (tt[c[:, 1:]] != tt[idx][:, None]).all() and all(len(set(row)) == k for row in c[:, 1:].tolist())
+
+
+# chi-square critical value at p = 0.001 (df = 19): a correct sampler fails one with
+# probability 1/1000 for a given seed, a biased one (windows that do not wrap, offsets off by one) always
+CHI2_999 = {19: 43.82}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("draw", ["window", "independent"])
+def test_contrast_rows_are_uniform_subsets_without_replacement(draw, backend):
+    """Each row is an exact uniform K-subset of its pool: with a pool of 6 and K = 3 all 20 subsets are
+    equally likely (chi-square), in a balanced and in an imbalanced split. Window rows of one batch are
+    dependent, so that draw is tested on one class-0 row per batch; independent rows on every row."""
+    from itertools import combinations
+    from math import comb
+
+    per_batch = 1 if draw == "window" else 20
+    for sizes in [(6, 6), (6, 2, 4)]:  # the class-0 pool has 6 images; imbalanced: the others have 10 and 8
+        t = np.repeat(np.arange(len(sizes)), sizes)
+        s = ContrastSampler(t, ContrastConfig(k=3, draw=draw), backend=backend)
+        anchors = torch.as_tensor(np.r_[np.zeros(per_batch, dtype=np.int64), np.arange(len(t))])
+        gen = torch.Generator().manual_seed(0)
+        rows = torch.cat([s.sample(anchors, gen)[:per_batch, 1:] for _ in range(4000 // per_batch)])
+        pool = np.flatnonzero(t != 0)
+        subsets = {c: 0 for c in combinations(pool.tolist(), 3)}
+        for row in rows.tolist():
+            assert len(set(row)) == 3, row  # no duplicate in a row
+            subsets[tuple(sorted(row))] += 1  # KeyError = a positive (class 0) among the negatives
+        observed = np.array(list(subsets.values()))
+        expected = len(rows) / comb(6, 3)
+        chi2 = ((observed - expected) ** 2 / expected).sum()
+        assert chi2 < CHI2_999[19], (chi2, observed)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_contrast_rows_of_a_batch_overlap_like_independent_draws(backend):
+    """The rows of a batch share one permutation; two rows still overlap in K**2 / m negatives on average."""
+    t = np.repeat(np.arange(2), [100, 400])
+    k, m = 100, 400
+    s = ContrastSampler(t, ContrastConfig(k=k), backend=backend)
+    anchors = torch.zeros(32, dtype=torch.long)  # all class 0: one pool of 400
+    gen = torch.Generator().manual_seed(0)
+    overlaps = []
+    for _ in range(50):
+        rows = s.sample(anchors, gen)[:, 1:]
+        hit = torch.zeros(32, len(t))
+        hit.scatter_(1, rows, 1.0)
+        both = hit @ hit.T
+        overlaps.append(both[torch.triu_indices(32, 32, 1).unbind()])
+    o = torch.cat(overlaps).double()
+    assert abs(o.mean().item() - k * k / m) < 0.3, o.mean()  # 25; standard error ~0.05
 
 
 # ----------------------------------------------------------------------------- loader
@@ -542,11 +601,38 @@ def test_splits_feed_loader_end_to_end():
     assert abs(float(b["image"].mean())) < 0.5
 
 
-def test_splits_live_on_the_gpu_only_when_they_take_at_most_half_its_free_memory():
+def test_splits_live_on_the_gpu_only_when_they_fit_half_the_runs_share():
     from cktf.data.loader import fits_on_device
 
     gib = 2**30
     cifar100, stl10_unlabeled = 50_000 * 32 * 32 * 3, 100_000 * 96 * 96 * 3
     assert fits_on_device(cifar100, 2 * gib) and fits_on_device(stl10_unlabeled, 6 * gib)
-    assert not fits_on_device(stl10_unlabeled, 4 * gib)  # e.g. a small GPU share: kept on the host
+    assert not fits_on_device(stl10_unlabeled, 4 * gib)
     assert fits_on_device(gib, 2 * gib) and not fits_on_device(gib + 1, 2 * gib)
+    # a quarter of an 80 GiB GPU, nearly all of it free: the run may use 20 GiB, so 10 GiB is the limit
+    assert fits_on_device(10 * gib, 79 * gib, budget_bytes=20 * gib)
+    assert not fits_on_device(10 * gib + 1, 79 * gib, budget_bytes=20 * gib)
+    assert not fits_on_device(gib, gib, budget_bytes=20 * gib)  # the share is not free now: what is free counts
+
+
+@pytest.mark.parametrize("dataset,side", [("cifar100", 32), ("tiny_imagenet", 64), ("stl10", 96)])
+def test_the_device_code_path_gives_the_cpu_paths_numbers(dataset, side):
+    """The path a GPU run takes (split resident on the device, negatives gathered by the torch sampler) yields the
+    same batches as the host path (rows gathered in host memory and copied, numpy sampler), for the same seed,
+    here with both on the CPU; the resident path copies nothing per batch."""
+    ds, spec = _toy(n=96, side=side), DATASETS.get(dataset)
+    contrast = ContrastConfig(k=40)
+    dev = BatchLoader(ds, spec, 32, True, seed=3, contrast=contrast, residency="device", sampler_backend="torch")
+    host = BatchLoader(ds, spec, 32, True, seed=3, contrast=contrast, residency="host", sampler_backend="numpy")
+    for loader in (dev, host):
+        loader.set_epoch(5)
+    a, b = list(dev), list(host)
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert torch.equal(x["index"], y["index"]) and torch.equal(x["contrast_idx"], y["contrast_idx"])
+        assert torch.equal(x["image"], y["image"])  # bitwise: the same ops on the same parameters
+    assert dev.resident and not host.resident
+    assert dev.copied_bytes == 0 and host.copied_bytes == ds.images.nbytes  # one epoch of rows, once each
+    # the plan is drawn on the CPU from (seed, epoch) alone: another loader, another device setting, same plan
+    plan = BatchLoader(ds, spec, 8, True, seed=3).plan(5)
+    assert torch.equal(plan.order, torch.cat([x["index"] for x in a]))

@@ -1,16 +1,20 @@
 """Batched augmentation on uint8 image tensors, on any device (docs/algorithm.md §6; §8 for STL-10).
 
-Every function takes a whole batch ``[B, C, H, W]`` (any strides: a channels-last view of NHWC storage
-is fine) and draws all its randomness, per sample, from the ``torch.Generator`` passed in, so a
-batch is reproducible from the generator's seed. There is no per-sample Python and no PIL.
+Each random transform comes in two halves: a ``*_params`` function draws the per-sample parameters of ``n``
+images from a ``torch.Generator`` (a few numbers per image), and an apply function transforms a whole batch
+``[B, C, H, W]`` (any strides: a channels-last view of NHWC storage is fine) given its parameters, with no
+per-sample Python and no PIL. The loader draws a whole epoch's parameters at once on the CPU and moves them to
+the training device once, so the same seed gives the same crops and flips on every device; the
+``random_*`` functions draw and apply in one call.
 
-* :func:`random_crop_flip`: ``RandomCrop(size, padding=4)`` + ``RandomHorizontalFlip`` (CIFAR); the
-  batch is zero-padded once and the crop and flip are one gather with per-sample index arithmetic.
-* :func:`random_resized_crop_flip`: ``RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3))`` +
-  flip (Tiny-ImageNet, STL-10); the boxes follow torchvision's 10-attempt rule (vectorised) and are
-  resampled bilinearly (two batched matmuls with per-sample interpolation matrices when every box is
-  enlarged, else ``torchvision.ops.roi_align`` with adaptive sampling, which averages when shrinking,
-  i.e. antialiases like PIL).
+* :func:`crop_flip` (:func:`crop_flip_params`, :func:`random_crop_flip`): ``RandomCrop(size, padding=4)`` +
+  ``RandomHorizontalFlip`` (CIFAR); the batch is zero-padded once and the crop and flip are one gather with
+  per-sample index arithmetic.
+* :func:`resized_crop_flip` (:func:`rrc_params`, :func:`random_resized_crop_flip`): ``RandomResizedCrop(size,
+  scale=(0.08, 1), ratio=(3/4, 4/3))`` + flip (Tiny-ImageNet, STL-10); the boxes follow torchvision's 10-attempt
+  rule (vectorised) and are resampled bilinearly (row gathers plus one batched matmul with per-sample
+  interpolation matrices when every box is enlarged, else ``torchvision.ops.roi_align`` with adaptive sampling,
+  which averages when shrinking, i.e. antialiases like PIL).
 * :func:`resize_center_crop`: ``Resize(size)`` + ``CenterCrop(size)`` for evaluation, with antialiasing.
 * :func:`normalize`: ``ToTensor`` + ``Normalize`` in one fused multiply-add.
 """
@@ -33,17 +37,34 @@ def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: tor
     return torch.rand(shape, generator=generator, device=gdev).to(device, non_blocking=True)
 
 
-def random_crop_flip(
-    x: Tensor, size: int, padding: int = 4, generator: torch.Generator | None = None, flip: bool = True
+def crop_flip_params(
+    n: int,
+    height: int,
+    width: int,
+    size: int,
+    padding: int = 4,
+    generator: torch.Generator | None = None,
+    flip: bool = True,
 ) -> Tensor:
-    """Random ``size`` x ``size`` crop of the zero-padded batch, then a random horizontal flip (p = 0.5).
+    """``n`` draws of ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip``: int64 ``[n, 3]`` = (top, left, flip)
+    in the padded image, on the generator's device."""
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    u = torch.rand((3, n), generator=generator, device=gdev)
+    oy = (u[0] * (height + 2 * padding - size + 1)).long()
+    ox = (u[1] * (width + 2 * padding - size + 1)).long()
+    fl = (u[2] < 0.5).long() if flip else torch.zeros(n, dtype=torch.long, device=gdev)
+    return torch.stack([oy, ox, fl], dim=1)
+
+
+def crop_flip(x: Tensor, params: Tensor, size: int, padding: int = 4) -> Tensor:
+    """Apply :func:`crop_flip_params` draws (``params`` on ``x``'s device) to a batch: a crop of the zero-padded batch
+    and a horizontal flip, as one gather with per-sample index arithmetic.
 
     Args:
         x: uint8 (or any dtype) ``[B, C, H, W]``.
+        params: int64 ``[B, 3]`` (top, left, flip).
         size: output side (32 for CIFAR).
         padding: zero padding on each border before cropping (4 for CIFAR).
-        generator: source of the per-sample offsets and flips.
-        flip: also flip horizontally with probability 0.5.
 
     Returns:
         ``[B, C, size, size]`` of ``x``'s dtype, in channels-last memory layout.
@@ -51,19 +72,25 @@ def random_crop_flip(
     b, c, h, w = x.shape
     dev = x.device
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, padding, padding, padding, padding))  # [B, H+2p, W+2p, C] contiguous
-    u = _rand((3, b), generator, dev)
-    oy = (u[0] * (h + 2 * padding - size + 1)).long()
-    ox = (u[1] * (w + 2 * padding - size + 1)).long()
+    oy, ox, fl = params.unbind(1)
     ar = torch.arange(size, device=dev)
     rows = oy[:, None] + ar  # [B, S]
-    cols = ar.expand(b, size)
-    if flip:
-        cols = torch.where((u[2] < 0.5)[:, None], size - 1 - ar, ar)
+    cols = torch.where(fl.bool()[:, None], size - 1 - ar, ar)
     cols = ox[:, None] + cols
     hp, wp = h + 2 * padding, w + 2 * padding
     flat = (torch.arange(b, device=dev)[:, None, None] * hp + rows[:, :, None]) * wp + cols[:, None, :]  # [B, S, S]
     out = xp.reshape(b * hp * wp, c).index_select(0, flat.reshape(-1)).view(b, size, size, c)
     return out.permute(0, 3, 1, 2)
+
+
+def random_crop_flip(
+    x: Tensor, size: int, padding: int = 4, generator: torch.Generator | None = None, flip: bool = True
+) -> Tensor:
+    """Random ``size`` x ``size`` crop of the zero-padded batch, then a random horizontal flip (p = 0.5): draws
+    :func:`crop_flip_params` from ``generator`` and applies :func:`crop_flip`."""
+    b, _, h, w = x.shape
+    params = crop_flip_params(b, h, w, size, padding, generator, flip).to(x.device, non_blocking=True)
+    return crop_flip(x, params, size, padding)
 
 
 def rrc_boxes(
@@ -106,6 +133,46 @@ def rrc_boxes(
     return torch.where(ok.any(dim=1)[:, None], boxes, fallback).float()
 
 
+def rrc_params(
+    n: int,
+    height: int,
+    width: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+    flip: bool = True,
+) -> Tensor:
+    """``n`` draws of ``RandomResizedCrop`` + flip: float ``[n, 5]`` = (top, left, h, w, flip), on the generator's
+    device (:func:`rrc_boxes`, then one flip draw per sample)."""
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    boxes = rrc_boxes(n, height, width, scale, ratio, generator, gdev)
+    flips = (torch.rand((n,), generator=generator, device=gdev) < 0.5) if flip else torch.zeros(n, device=gdev)
+    return torch.cat([boxes, flips.float()[:, None]], dim=1)
+
+
+def resized_crop_flip(x: Tensor, params: Tensor, size: int) -> Tensor:
+    """Apply :func:`rrc_params` draws (``params`` on ``x``'s device) to a batch.
+
+    Args:
+        x: uint8 or float ``[B, C, H, W]`` (pixel values 0..255; a channels-last view of NHWC storage is
+            read without a copy).
+        params: float ``[B, 5]`` (top, left, h, w, flip).
+        size: output side (64 for Tiny-ImageNet and STL-10).
+
+    Returns:
+        float32 ``[B, C, size, size]`` (values 0..255). Boxes are resampled bilinearly like torchvision's resize
+        (pixel centres, ``align_corners=False``); when a box is larger than ``size`` several samples per output
+        pixel are averaged (``roi_align``, antialiasing). Unlike crop-then-resize, border pixels may interpolate up
+        to half a pixel into the image outside the box.
+    """
+    _, _, h, w = x.shape
+    boxes, flips = params[:, :4], params[:, 4] > 0.5
+    if h <= size and w <= size:  # every box is enlarged: one bilinear sample per pixel, flip folded in
+        return _resample_separable(x, boxes, size, flips)
+    out = _resample_roi(x.to(torch.float32, memory_format=torch.contiguous_format), boxes, size)
+    return torch.where(flips[:, None, None, None], out.flip(3), out)
+
+
 def random_resized_crop_flip(
     x: Tensor,
     size: int,
@@ -114,31 +181,11 @@ def random_resized_crop_flip(
     generator: torch.Generator | None = None,
     flip: bool = True,
 ) -> Tensor:
-    """RandomResizedCrop(``size``) + random horizontal flip of a batch.
-
-    Args:
-        x: uint8 or float ``[B, C, H, W]`` (pixel values 0..255).
-        size: output side (64 for Tiny-ImageNet and STL-10).
-        scale: range of the crop area as a fraction of the image.
-        ratio: range of the crop aspect ratio (log-uniform).
-        generator: source of the boxes and flips.
-        flip: also flip horizontally with probability 0.5.
-
-    Returns:
-        float32 ``[B, C, size, size]`` (values 0..255). Boxes are resampled bilinearly like torchvision's
-        resize (pixel centres, ``align_corners=False``); when a box is larger than ``size`` several samples
-        per output pixel are averaged (``roi_align``, antialiasing). Unlike crop-then-resize, border pixels
-        may interpolate up to half a pixel into the image outside the box.
-    """
+    """RandomResizedCrop(``size``) + random horizontal flip of a batch: draws :func:`rrc_params` from ``generator``
+    and applies :func:`resized_crop_flip` (see there for the arguments and the resampling)."""
     b, _, h, w = x.shape
-    dev = x.device
-    boxes = rrc_boxes(b, h, w, scale, ratio, generator, dev)
-    flips = _rand((b,), generator, dev) < 0.5 if flip else torch.zeros(b, dtype=torch.bool, device=dev)
-    xf = x.to(torch.float32, memory_format=torch.contiguous_format)
-    if h <= size and w <= size:  # every box is enlarged: one bilinear sample per pixel, flip folded in
-        return _resample_separable(xf, boxes, size, flips)
-    out = _resample_roi(xf, boxes, size)
-    return torch.where(flips[:, None, None, None], out.flip(3), out)
+    params = rrc_params(b, h, w, scale, ratio, generator, flip).to(x.device, non_blocking=True)
+    return resized_crop_flip(x, params, size)
 
 
 def _resample_roi(x: Tensor, boxes: Tensor, size: int) -> Tensor:
@@ -151,15 +198,21 @@ def _resample_roi(x: Tensor, boxes: Tensor, size: int) -> Tensor:
     return roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
-def _interp_matrix(start: Tensor, length: Tensor, size: int, n_in: int, flip: Tensor | None = None) -> Tensor:
-    """``[B, size, n_in]`` bilinear weights: output pixel ``j`` samples input coordinate ``start + length (j + 1/2)
-    / size - 1/2`` (pixel centres, ``align_corners=False``), clamped to the image (``padding_mode="border"``);
-    rows are reversed where ``flip``. Coordinates in float64, so the weights are exact to fp32 rounding."""
+def _sample_positions(start: Tensor, length: Tensor, size: int, n_in: int, flip: Tensor | None = None) -> Tensor:
+    """float64 ``[B, size]``: output pixel ``j`` samples input coordinate ``start + length (j + 1/2) / size - 1/2``
+    (pixel centres, ``align_corners=False``), clamped to the image (``padding_mode="border"``), reversed where
+    ``flip``."""
     j = torch.arange(size, dtype=torch.float64, device=start.device)
     pos = start.double()[:, None] + length.double()[:, None] * (2 * j + 1) / (2 * size) - 0.5
     if flip is not None:
         pos = torch.where(flip[:, None], pos.flip(1), pos)
-    pos = pos.clamp(0, n_in - 1)
+    return pos.clamp(0, n_in - 1)
+
+
+def _interp_matrix(start: Tensor, length: Tensor, size: int, n_in: int, flip: Tensor | None = None) -> Tensor:
+    """``[B, size, n_in]`` bilinear weights at :func:`_sample_positions`; coordinates in float64, so the weights are
+    exact to fp32 rounding."""
+    pos = _sample_positions(start, length, size, n_in, flip)
     i0 = pos.floor()
     w1 = (pos - i0).float()[..., None]
     i0 = i0.long()[..., None]
@@ -171,17 +224,33 @@ def _interp_matrix(start: Tensor, length: Tensor, size: int, n_in: int, flip: Te
 def _resample_separable(x: Tensor, boxes: Tensor, size: int, flips: Tensor) -> Tensor:
     """Same as :func:`_resample_roi` for boxes no larger than ``size`` (one sample per pixel), separably.
 
-    Bilinear sampling of an axis-aligned box factorises into a row and a column interpolation:
-    ``out[b, c] = Wy[b] @ x[b, c] @ Wx[b].T``, two batched matmuls (no ``[B, S, S, 2]`` sampling grid, which
-    is where ``affine_grid`` + ``grid_sample`` spent most of their time); a flip reverses ``Wx``'s rows.
+    Bilinear sampling of an axis-aligned box factorises into a row and a column interpolation. Rows: each output
+    row is a blend of two input rows, i.e. two row gathers of the NHWC storage (whole ``W x C`` rows, memory
+    copies) and a multiply-add. Columns: one batched matmul with the per-sample interpolation matrix ``Wx``, whose
+    rows are reversed where ``flips``. No ``[B, S, S, 2]`` sampling grid (where ``affine_grid`` + ``grid_sample``
+    spent most of their time) and no float copy of the whole input.
     """
     b, c, h, w = x.shape
     top, left, bh, bw = boxes.unbind(1)
-    wy = _interp_matrix(top, bh, size, h)
-    wx = _interp_matrix(left, bw, size, w, flips)
-    t = torch.bmm(x.reshape(b, c * h, w), wx.transpose(1, 2))  # columns: [B, C*H, S]
-    t = t.view(b, c, h, size).transpose(2, 3).reshape(b, c * size, h)  # [B, C*S, H]
-    return torch.bmm(t, wy.transpose(1, 2)).view(b, c, size, size).transpose(2, 3)  # rows: [B, C, S, S]
+    r0, r1, a0, a1 = _taps(top, bh, size, h)
+    nhwc = x.permute(0, 2, 3, 1).contiguous()  # a view when x is a channels-last view of NHWC storage
+    rows = nhwc.reshape(b * h, w * c)
+    base = (torch.arange(b, device=x.device) * h)[:, None]
+    t = rows.index_select(0, (base + r0).view(-1)).view(b, size, w, c).float().mul_(a0.view(b, size, 1, 1))
+    t.addcmul_(rows.index_select(0, (base + r1).view(-1)).view(b, size, w, c).float(), a1.view(b, size, 1, 1))
+    wx = _interp_matrix(left, bw, size, w, flips)  # [B, S, W]
+    out = torch.bmm(wx, t.permute(0, 2, 1, 3).reshape(b, w, size * c))  # [B, S (cols), S (rows) * C]
+    return out.view(b, size, size, c).permute(0, 3, 2, 1)  # [B, C, rows, cols]
+
+
+def _taps(start: Tensor, length: Tensor, size: int, n_in: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The two bilinear taps of each output pixel along one axis: indices ``i0, i1`` [B, size] and weights
+    ``w0, w1`` (the non-zeros of a row of :func:`_interp_matrix`)."""
+    pos = _sample_positions(start, length, size, n_in)
+    i0 = pos.floor()
+    w1 = (pos - i0).float()
+    i0 = i0.long()
+    return i0, (i0 + 1).clamp(max=n_in - 1), 1 - w1, w1
 
 
 def resize_center_crop(x: Tensor, size: int) -> Tensor:

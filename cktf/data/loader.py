@@ -1,15 +1,23 @@
 """Device-resident batch loader (docs/algorithm.md §6; §3 for ``contrast_idx``).
 
-The whole split is one uint8 NHWC tensor on the training device (GPU-resident under CUDA, as in
-airbench) when it takes at most half of the GPU's free memory (:func:`fits_on_device`; CIFAR-100 is 154 MB,
-STL-10's 100k unlabeled images 2.8 GB), else it stays in host memory and each batch's rows are copied over;
-each batch is a gather of rows followed by the batched augmentation of :mod:`cktf.data.augment`, on the
-training device. No DataLoader workers, no per-sample Python, no PIL.
+The whole split is one uint8 NHWC tensor on the training device (GPU-resident under CUDA, as in airbench) when
+it fits the run's share of the GPU (:func:`fits_on_device`: at most half of the memory the run may use, and of
+what is free; CIFAR-100 is 154 MB, STL-10's 100k unlabeled images 2.8 GB), else it stays in host memory and each
+batch's rows are copied over; each batch is a gather of rows followed by the batched augmentation of
+:mod:`cktf.data.augment`, on the training device. No DataLoader workers, no per-sample Python, no PIL.
+
+Randomness, per epoch ``e`` and seeded with ``(seed, e)`` only (a resumed run repeats it exactly):
+
+* the shuffle and every image's augmentation parameters are drawn at the start of the epoch on the CPU, for the
+  whole epoch, and moved to the device once (:class:`EpochPlan`, a few numbers per image). So the crops and flips
+  do not depend on the device, and a resident split costs no host-to-device copy per step;
+* ``contrast_idx`` is drawn per batch on the training device from its own generator (one ``randperm`` of the
+  negative pool per batch, :mod:`cktf.data.contrast`); on the CPU the same seed gives the same indices through
+  either sampler backend.
 
 Batches are dicts (keys of :mod:`cktf.data._base`): ``image`` float32 [B, 3, S, S] normalised,
 ``target`` int64 [B], ``index`` int64 [B] (row in the split) and, for a train loader with a
-:class:`ContrastConfig`, ``contrast_idx`` int64 [B, K+1]. Epoch ``e`` draws its shuffle and
-augmentation from a generator seeded with ``(seed, e)`` only, so a resumed run repeats them exactly.
+:class:`ContrastConfig`, ``contrast_idx`` int64 [B, K+1].
 """
 
 from __future__ import annotations
@@ -17,35 +25,60 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ._base import CONTRAST_IDX, IMAGE, INDEX, TARGET, ArrayDataset
-from .augment import normalize, random_crop_flip, random_resized_crop_flip, resize_center_crop
+from .augment import crop_flip, crop_flip_params, normalize, resize_center_crop, resized_crop_flip, rrc_params
 from .contrast import ContrastConfig, ContrastSampler
 from .spec import DatasetSpec
 
 #: zero padding of RandomCrop (CIFAR recipe)
 CROP_PADDING = 4
-#: a split is moved to the GPU when it takes at most this share of the free GPU memory
+#: a split is moved to the GPU when it takes at most this share of the memory the run may use
 RESIDENT_SHARE = 0.5
+#: where a split lives: ``auto`` decides by :func:`fits_on_device`
+RESIDENCIES = ("auto", "device", "host")
 
 log = logging.getLogger("cktf")
 
 
-def fits_on_device(nbytes: int, free_bytes: int, share: float = RESIDENT_SHARE) -> bool:
-    """Whether a split of ``nbytes`` should live on the GPU: at most ``share`` of its free memory, the rest being
-    left to activations, memory banks and the trials sharing the GPU (a fractional trial sees the whole GPU's free
-    memory, so half is the conservative rule)."""
-    return nbytes <= share * free_bytes
+def fits_on_device(
+    nbytes: int, free_bytes: int, share: float = RESIDENT_SHARE, budget_bytes: int | None = None
+) -> bool:
+    """Whether a split of ``nbytes`` should live on the GPU: at most ``share`` of the memory this run may use, i.e.
+    of ``budget_bytes`` (its fraction of the GPU, ``train.gpu_memory_share`` x total) and of what is free now. The
+    rest is left to activations, memory banks and score buffers."""
+    usable = free_bytes if budget_bytes is None else min(free_bytes, budget_bytes)
+    return nbytes <= share * usable
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit generator seed determined by ``(seed, epoch)`` alone (negative epochs allowed)."""
-    ss = np.random.SeedSequence([seed % 2**32, seed // 2**32 % 2**32, epoch % 2**32, 0x636B7466])
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A 63-bit generator seed determined by ``(seed, epoch, stream)`` alone (negative epochs allowed)."""
+    ss = np.random.SeedSequence([seed % 2**32, seed // 2**32 % 2**32, epoch % 2**32, 0x636B7466, stream])
     return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+#: generator streams of one epoch: the plan (shuffle + augmentation, CPU) and the negatives (training device)
+PLAN_STREAM, NEGATIVES_STREAM = 0, 1
+
+
+@dataclass
+class EpochPlan:
+    """One epoch's shuffle and augmentation parameters, drawn on the CPU and held on the device.
+
+    Attributes:
+        order: int64 [n] rows in epoch order (on the device).
+        rows: the same on the images' device (the host for a host-resident split).
+        params: per-position augmentation parameters [n, P] (``crop_flip_params`` / ``rrc_params``), or None.
+    """
+
+    order: Tensor
+    rows: Tensor
+    params: Tensor | None
 
 
 class BatchLoader:
@@ -62,6 +95,15 @@ class BatchLoader:
         contrast: add ``contrast_idx`` (train loaders only).
         drop_last: drop the last incomplete batch.
         channels_last: yield images in channels-last memory format.
+        residency: ``auto`` (on the device when :func:`fits_on_device`), ``device`` or ``host``.
+        memory_share: the fraction of the GPU this run may use (``train.gpu_memory_share``), for ``auto``.
+        sampler_backend: ``auto`` (numpy on the CPU, torch on a GPU), ``numpy`` or ``torch``
+            (:class:`ContrastSampler`).
+
+    Attributes:
+        resident: the split is held on the training device.
+        copied_bytes: bytes this loader copied from host memory into batches or plans so far (a resident split
+            copies only its epoch plans; a host-resident one every batch's rows as well).
     """
 
     def __init__(
@@ -75,15 +117,24 @@ class BatchLoader:
         contrast: ContrastConfig | None = None,
         drop_last: bool = False,
         channels_last: bool = False,
+        residency: str = "auto",
+        memory_share: float = 1.0,
+        sampler_backend: str = "auto",
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if residency not in RESIDENCIES:
+            raise ValueError(f"residency must be one of {', '.join(RESIDENCIES)}, got {residency!r}")
         self.spec, self.batch_size, self.train = spec, int(batch_size), bool(train)
         self.device = torch.device(device)
         self.seed, self.drop_last, self.channels_last = int(seed), bool(drop_last), bool(channels_last)
         self.size = spec.image_size or ds.image_size
         self.n = len(ds)
-        self.sampler = ContrastSampler(ds.targets, contrast, self.device) if contrast is not None and train else None
+        self.sampler = (
+            ContrastSampler(ds.targets, contrast, self.device, backend=sampler_backend)  # type: ignore[arg-type]
+            if contrast is not None and train
+            else None
+        )
         arr = ds.images
         if type(arr) is not np.ndarray or not arr.flags.c_contiguous:
             arr = np.array(arr)  # a memory-mapped cache entry is read into memory once
@@ -91,18 +142,26 @@ class BatchLoader:
             # a read-only array is the Ray object store's zero-copy view: shared, never written (no copy)
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             images = torch.from_numpy(arr)  # [N, H, W, 3] uint8
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            if fits_on_device(images.numel(), free):
-                images = images.to(self.device)
-            else:
+        if residency == "auto" and self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            residency = (
+                "device" if fits_on_device(images.numel(), free, budget_bytes=int(memory_share * total)) else "host"
+            )
+            if residency == "host":
                 log.info(
-                    "split of %.1f GB kept in host memory (%.1f GB free on %s): rows are copied per batch",
+                    "split of %.1f GB kept in host memory (%.1f GB free on %s, this run may use %.0f%% of %.1f GB): "
+                    "rows are copied per batch",
                     images.numel() / 1e9,
                     free / 1e9,
                     self.device,
+                    100 * memory_share,
+                    total / 1e9,
                 )
-        self.images = images
+        self.resident = residency != "host"
+        self.copied_bytes = 0
+        self.images = images.to(self.device) if self.resident else images
+        if self.resident and self.device.type != "cpu":
+            self.copied_bytes += images.numel()
         self.targets = torch.from_numpy(np.asarray(ds.targets, dtype=np.int64).copy()).to(self.device)
         self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(spec.std, dtype=torch.float32, device=self.device)
@@ -117,35 +176,58 @@ class BatchLoader:
             return self.n // self.batch_size
         return (self.n + self.batch_size - 1) // self.batch_size
 
-    def _generator(self, epoch: int) -> torch.Generator:
+    def plan(self, epoch: int) -> EpochPlan:
+        """Epoch ``epoch``'s shuffle and augmentation parameters (CPU draws, moved to the device once)."""
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, PLAN_STREAM))
+        if not self.train:
+            order = torch.arange(self.n)
+            return EpochPlan(order.to(self.device), order.to(self.images.device), None)
+        order = torch.randperm(self.n, generator=gen)
+        _, h, w, _ = self.images.shape
+        if self.spec.train_aug == "crop_flip":
+            h = w = self.size  # a stored size other than the input side is resized first (resize_center_crop)
+            params = crop_flip_params(self.n, h, w, self.size, CROP_PADDING, gen)
+        elif self.spec.train_aug == "rrc_flip":
+            params = rrc_params(self.n, h, w, generator=gen)
+        else:
+            raise ValueError(f"unknown train_aug {self.spec.train_aug!r}")
+        if self.device.type != "cpu":
+            self.copied_bytes += order.numel() * 8 + params.numel() * params.element_size()
+        return EpochPlan(order.to(self.device), order.to(self.images.device), params.to(self.device))
+
+    def negatives_generator(self, epoch: int) -> torch.Generator:
+        """The generator of epoch ``epoch``'s ``contrast_idx`` draws, on the training device."""
         gen = torch.Generator(device=self.device if self.device.type == "cuda" else "cpu")
-        gen.manual_seed(epoch_seed(self.seed, epoch))
-        return gen
+        return gen.manual_seed(epoch_seed(self.seed, epoch, NEGATIVES_STREAM))
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         epoch = self.epoch
         self.epoch += 1  # a loop that never calls set_epoch still gets a new shuffle every epoch
-        gen = self._generator(epoch)
-        if self.train:
-            order = torch.randperm(self.n, generator=gen, device=gen.device).to(self.device)
-        else:
-            order = torch.arange(self.n, device=self.device)
-        # host-resident images: the epoch's order crosses to the host once, not once per batch
-        rows = order.to(self.images.device) if self.images.device != self.device else order
+        plan = self.plan(epoch)
+        neg = self.negatives_generator(epoch) if self.sampler is not None else None
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            yield self.batch(order[sl], gen, rows=rows[sl])
+            params = plan.params[sl] if plan.params is not None else None
+            yield self.batch(plan.order[sl], params, neg, rows=plan.rows[sl])
 
     def batch(
-        self, idx: Tensor, generator: torch.Generator | None = None, rows: Tensor | None = None
+        self,
+        idx: Tensor,
+        params: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        rows: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """The batch of rows ``idx`` (augmented when ``train``), as yielded by iteration; ``rows`` is ``idx`` on the
+        """The batch of rows ``idx`` with augmentation ``params`` (rows of an :class:`EpochPlan`; None for
+        evaluation), as yielded by iteration; ``generator`` draws ``contrast_idx``; ``rows`` is ``idx`` on the
         images' device when that differs (host-resident splits)."""
         idx = idx.to(self.device)
         rows = idx.to(self.images.device) if rows is None else rows
-        x = self.images.index_select(0, rows).to(self.device, non_blocking=True)
+        x = self.images.index_select(0, rows)
+        if not self.resident:
+            self.copied_bytes += x.numel()
+            x = x.to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory
-        x = self.transform(x, generator)
+        x = self.transform(x, params)
         x = normalize(x, self.mean, self.std)
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         out = {IMAGE: x, TARGET: self.targets[idx], INDEX: idx}
@@ -153,14 +235,13 @@ class BatchLoader:
             out[CONTRAST_IDX] = self.sampler.sample(idx, generator)
         return out
 
-    def transform(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Train augmentation (``spec.train_aug``) or the test transform, on a uint8 NCHW batch."""
-        if not self.train:
+    def transform(self, x: Tensor, params: Tensor | None) -> Tensor:
+        """Train augmentation (``spec.train_aug``, given its ``params``) or, without params, the test transform,
+        on a uint8 NCHW batch."""
+        if params is None:
             return resize_center_crop(x, self.size)
         if self.spec.train_aug == "crop_flip":
             if x.shape[-1] != self.size or x.shape[-2] != self.size:
                 x = resize_center_crop(x, self.size)
-            return random_crop_flip(x, self.size, CROP_PADDING, generator)
-        if self.spec.train_aug == "rrc_flip":
-            return random_resized_crop_flip(x, self.size, generator=generator)
-        raise ValueError(f"unknown train_aug {self.spec.train_aug!r}")
+            return crop_flip(x, params, self.size, CROP_PADDING)
+        return resized_crop_flip(x, params, self.size)

@@ -52,6 +52,10 @@ class DataConfig(Config):
     contrast_replace: bool | None = None
     """draw negatives with replacement; unset = the dataset's default (docs/algorithm.md §3: without for CIFAR,
     with for Tiny-ImageNet, STL-10 and ImageFolder data)"""
+    contrast_draw: Literal["window", "independent"] = "window"
+    """negatives without replacement: window (one permutation per batch, each anchor a window of it: exact uniform
+    per anchor, anchors of a batch dependent) or independent (each anchor drawn on its own, ~10x the time); see
+    docs/algorithm.md §3"""
     drop_labels: bool = False
     """use the images only (transfer learning, Section 3.2): every train target becomes -1, no validation split is
     held out, and contrastive negatives are drawn uniformly from the other images (never the anchor itself)"""

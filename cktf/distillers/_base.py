@@ -229,9 +229,20 @@ class Distiller(nn.Module):
             self.teacher.eval()  # the teacher is frozen in eval mode, always
         return self
 
-    def checkpoint_state(self) -> dict[str, Tensor]:
-        """Everything to resume: student, adapters, buffers (memory banks), never the teacher."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+    def checkpoint_state(self, compact: bool = False) -> dict[str, Tensor]:
+        """Everything to resume: student, adapters, buffers (memory banks), never the teacher.
+
+        ``compact``: the buffers a module lists in its ``compact_buffers`` (CRD/CKTF memory banks) in bf16; loading
+        casts them back to the module's dtype (:meth:`load_checkpoint_state`).
+        """
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+        if compact:
+            for prefix, module in self.named_modules():
+                for name in getattr(module, "compact_buffers", ()):
+                    key = f"{prefix}.{name}" if prefix else name
+                    if key in state and state[key].is_floating_point():
+                        state[key] = state[key].to(torch.bfloat16)
+        return state
 
     def load_checkpoint_state(self, state: Mapping[str, Tensor]) -> None:
         missing, unexpected = self.load_state_dict(dict(state), strict=False)

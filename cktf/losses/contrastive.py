@@ -59,6 +59,9 @@ class ContrastMemory(nn.Module):
             first, as upstream draws ``memory_v1`` first.
     """
 
+    #: buffers a compact checkpoint stores in bf16 (``train.checkpoint_banks``)
+    compact_buffers = ("memory_s", "memory_t")
+
     def __init__(
         self,
         feat_dim: int,

@@ -16,6 +16,10 @@ class Callback:
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
 
+    def on_checkpoint(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Epoch ``epoch``'s checkpoint is complete on disk. Called from the checkpoint writer's thread (after
+        ``on_epoch_end`` of the same epoch, possibly during the next epoch), with a copy of the metrics."""
+
     def on_run_end(self, summary: dict[str, Any]) -> None: ...
 
     def on_run_error(self, exc: BaseException) -> None: ...

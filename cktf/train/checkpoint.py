@@ -77,10 +77,14 @@ def load_resume_state(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 def save_model_weights(path: str | os.PathLike, model: DistillModel, meta: dict[str, Any]) -> None:
     """Write ``model``'s weights as safetensors; ``meta`` (must include ``arch``) goes in the header."""
+    save_weights(path, model.state_dict(), {"num_classes": model.num_classes, **meta})
+
+
+def save_weights(path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write a model state dict as safetensors with ``meta`` (``arch`` and ``num_classes`` at least) in the header."""
     if "arch" not in meta:
         raise ValueError("meta must name the architecture ('arch')")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"num_classes": model.num_classes, **meta}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
 

@@ -7,7 +7,7 @@ data is decoded.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -68,8 +68,18 @@ class TrainConfig(Config):
     """bf16 autocast on GPU; contrastive blocks always run in fp32"""
     channels_last: bool = False
     """channels-last memory format for the models"""
+    gpu_memory_share: float = Field(1.0, gt=0, le=1)
+    """the fraction of the GPU's memory this run may use: < 1 caps the CUDA allocator there and sizes which splits
+    are held on the GPU (a study sets it from resources.gpu, so trials sharing a GPU stay within their share)"""
     compile: str = ""
     """torch.compile backend for the model forwards (e.g. inductor); empty = eager"""
+    checkpoint_in_background: bool = True
+    """write each epoch's checkpoint from a background thread (the training thread only copies the state to host
+    memory); false writes it inline"""
+    checkpoint_banks: Literal["fp32", "bf16"] = "fp32"
+    """precision of the contrastive memory banks in last.pt: bf16 halves the biggest part of a CRD/CKTF checkpoint;
+    a run resumed from it goes on with banks rounded to bf16 (relative error <= 2**-8), so it is no longer
+    bit-identical to an uninterrupted run (fp32 keeps that)"""
     eval_test: bool = True
     """test accuracy every epoch (reported as the paper does, never used for selection)"""
     max_steps_per_epoch: int = Field(0, ge=0)

@@ -29,12 +29,11 @@ from .checkpoint import (
     load_model,
     load_resume_state,
     read_weights_meta,
-    save_model_weights,
-    save_resume_state,
 )
 from .config import RunConfig
 from .engine import autocast, evaluate, train_one_epoch
 from .optim import build_sgd
+from .writer import CheckpointWriter
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +129,15 @@ def _check_resume(cfg: RunConfig, out: Path) -> bool:
     return True
 
 
+def cap_gpu_memory(share: float, device: torch.device) -> bool:
+    """Cap this process's CUDA caching allocator at ``share`` of the GPU (``train.gpu_memory_share`` < 1; Ray's GPU
+    fractions are logical only, ray#41432); True when a cap was applied. A CPU run has nothing to cap."""
+    if not 0 < share < 1 or device.type != "cuda":
+        return False
+    torch.cuda.set_per_process_memory_fraction(float(share), device)
+    return True
+
+
 def prepare_run(
     cfg: RunConfig,
     splits: Splits | None = None,
@@ -144,6 +152,7 @@ def prepare_run(
         raise ValueError("pass teacher_arch with an in-memory teacher")
     validate_names(cfg, teacher_arch=teacher_arch)
     device = resolve_device(cfg.train.device)
+    cap_gpu_memory(cfg.train.gpu_memory_share, device)
     _check_resume(cfg, Path(cfg.out_dir))
     splits = splits if splits is not None else load_splits(cfg.data)
     validate_names(cfg, splits.image_size, teacher_arch)  # sizes of imagefolder data are known only now
@@ -186,8 +195,12 @@ def _loaders(p: Prepared) -> tuple[BatchLoader, BatchLoader | None, BatchLoader]
     k = p.distiller.contrast_negatives()
     contrast = None
     if k is not None:
-        contrast = ContrastConfig(k=k, mode=cfg.data.contrast_mode, replace=p.splits.contrast_replace)
-    common = dict(spec=spec, device=p.device, channels_last=cfg.train.channels_last)
+        contrast = ContrastConfig(
+            k=k, mode=cfg.data.contrast_mode, draw=cfg.data.contrast_draw, replace=p.splits.contrast_replace
+        )
+    common = dict(
+        spec=spec, device=p.device, channels_last=cfg.train.channels_last, memory_share=cfg.train.gpu_memory_share
+    )
     train = BatchLoader(
         p.splits.train, batch_size=cfg.train.batch_size, train=True, seed=cfg.train.seed, contrast=contrast, **common
     )
@@ -201,6 +214,7 @@ def _weights_meta(p: Prepared, epoch: int, metrics: dict[str, float]) -> dict[st
     spec = p.splits.spec
     return {
         "arch": p.cfg.student,
+        "num_classes": p.distiller.student.num_classes,
         "dataset": p.cfg.data.dataset,
         "image_size": p.splits.image_size,
         "mean": list(spec.mean),
@@ -246,6 +260,7 @@ def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_loader, val_loader, test_loader = _loaders(p)
+    writer = CheckpointWriter(out, background=cfg.train.checkpoint_in_background)
     optimizer = build_sgd(distiller.trainable_parameters(), cfg.optim)
     history: list[dict[str, float]] = []
     start, init_done = 0, False
@@ -308,17 +323,26 @@ def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
                     }
                 )
             metrics["eval_time_s"] = time.perf_counter() - t0
-            history.append(metrics)
-            _save_epoch(p, optimizer, history, epoch, init_done)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            t0 = time.perf_counter()
+            writer.wait()  # the previous epoch's write (normally long done)
+            metrics["checkpoint_wait_s"] = time.perf_counter() - t0  # > 0: writing is slower than an epoch
+            t0 = time.perf_counter()
+            snap = writer.snapshot(_resume_tensors(p, optimizer))  # before any callback can touch the student
+            metrics["checkpoint_snapshot_s"] = time.perf_counter() - t0  # what a checkpoint costs this thread
             for cb in callbacks:
-                cb.on_epoch_end(epoch, metrics)
+                cb.on_epoch_end(epoch, metrics)  # may add metrics (the linear probe's)
+            history.append(metrics)
+            _write_epoch(p, writer, snap, history, epoch, init_done, callbacks)
             if cfg.train.progress:
                 epochs.set_postfix(
                     {k: f"{metrics[k]:.2f}" for k in ("loss/total", "val_acc", "test_acc") if k in metrics}
                 )
+        writer.wait()
     except BaseException as exc:
+        try:
+            writer.wait()  # what is already snapshotted still reaches the disk
+        except BaseException:  # noqa: BLE001 - the first error is the one to report
+            log.exception("checkpoint write failed while %s was raised", type(exc).__name__)
         for cb in callbacks:
             cb.on_run_error(exc)
         raise
@@ -336,20 +360,36 @@ def _best_epoch(history: list[dict[str, float]]) -> int:
     return len(history) - 1
 
 
-def _save_epoch(p: Prepared, optimizer, history: list[dict[str, float]], epoch: int, init_done: bool) -> None:
-    out = Path(p.cfg.out_dir)
-    metrics = history[-1]
-    save_model_weights(out / "model_last.safetensors", p.distiller.student, _weights_meta(p, epoch, metrics))
+def _resume_tensors(p: Prepared, optimizer) -> dict[str, Any]:
+    """The tensor part of the resume state: the distiller (student, adapters, banks; banks in bf16 with
+    ``train.checkpoint_banks: bf16``) and the optimizer."""
+    compact = p.cfg.train.checkpoint_banks == "bf16"
+    return {"distiller": p.distiller.checkpoint_state(compact=compact), "optimizer": optimizer.state_dict()}
+
+
+def _write_epoch(
+    p: Prepared,
+    writer: CheckpointWriter,
+    snap,
+    history: list[dict[str, float]],
+    epoch: int,
+    init_done: bool,
+    callbacks: Sequence[Callback],
+) -> None:
+    """Hand epoch ``epoch``'s snapshot to ``writer`` with the weights files due; the callbacks' ``on_checkpoint``
+    runs once it is on disk."""
+    meta = _weights_meta(p, epoch, history[-1])
+    weights = [("model_last.safetensors", meta)]
     if _best_epoch(history) == len(history) - 1:
-        save_model_weights(out / "model_best.safetensors", p.distiller.student, _weights_meta(p, epoch, metrics))
-    state = {
-        "epoch": epoch,
-        "init_done": init_done,
-        "distiller": p.distiller.checkpoint_state(),
-        "optimizer": optimizer.state_dict(),
-        "history": history,
-    }
-    save_resume_state(state, out)
+        weights.append(("model_best.safetensors", meta))
+    frozen = [dict(h) for h in history]  # the writer thread reads these while this one goes on
+    line = frozen[-1]
+
+    def reported() -> None:
+        for cb in callbacks:
+            cb.on_checkpoint(epoch, line)
+
+    writer.write(snap, {"epoch": epoch, "init_done": init_done, "history": frozen}, weights, line, after=reported)
 
 
 def summarize(history: list[dict[str, float]], out: Path) -> dict[str, Any]:

@@ -168,7 +168,9 @@ def check_negatives(cfg: StudyConfig, splits: Splits, space: Mapping[str, ParamS
     try:
         ContrastSampler(
             splits.train.targets,
-            ContrastConfig(k=k, mode=cfg.data.contrast_mode, replace=splits.contrast_replace),
+            ContrastConfig(
+                k=k, mode=cfg.data.contrast_mode, draw=cfg.data.contrast_draw, replace=splits.contrast_replace
+            ),
             "cpu",
         )
     except ConfigError as exc:

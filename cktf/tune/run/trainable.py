@@ -28,7 +28,7 @@ from ...train.callbacks import Callback
 from ...train.checkpoint import has_resume_state
 from ...train.config import RunConfig
 from ...train.engine import NonFiniteLossError
-from ...train.runner import fit, prepare_run
+from ...train.runner import fit, prepare_run, resolve_device
 from ..plan.schema import StudyConfig
 from ..results.reader import FAILURE_KEY, FINISHED, PRUNED, TrialIndex, checkpoint_filesystem
 from ..results.store import StudyStore
@@ -64,24 +64,14 @@ def already_ended(store: StudyStore, trial_id: str) -> dict[str, Any] | None:
     return rec if rec.get("status") in (FINISHED, PRUNED) and rec.get("history") else None
 
 
-def apply_gpu_share(share: float, device: str) -> bool:
-    """Cap this process's CUDA caching allocator to ``share`` of the GPU when a trial gets a fraction of one (Ray's
-    fractions are logical only, ray#41432); True when a cap was applied. A trial trained on the CPU (``device:
-    cpu``, or no CUDA) has nothing to cap."""
-    import torch
-
-    if not 0 < share < 1 or device == "cpu" or not torch.cuda.is_available():
-        return False
-    torch.cuda.set_per_process_memory_fraction(float(share))
-    return True
-
-
 def trial_run_config(cfg: StudyConfig, sampled: dict[str, Any], out_dir: str, teacher: str | None) -> RunConfig:
     """The trial's single-run config: the study's fixed recipe plus the sampled values.
 
     Sampled names are the method's fields (``alpha1``, ``fitnet.beta``, ``theta``) or ``optim.<field>`` /
     ``train.<field>``."""
     params, optim, train = dict(cfg.params), {}, {"progress": False}
+    if 0 < cfg.resources.gpu < 1:  # a fraction of a GPU: the run keeps to its share of the memory
+        train["gpu_memory_share"] = min(float(cfg.resources.gpu), cfg.train.gpu_memory_share)
     for key, value in sampled.items():
         section, _, name = key.partition(".")
         if section == "optim":
@@ -143,12 +133,13 @@ class ProbeCallback(Callback):
 
 
 class TuneReporter(Callback):
-    """Reports each epoch's metrics to Tune with the run directory as the checkpoint."""
+    """Reports each epoch's metrics to Tune with the run directory as the checkpoint, once the checkpoint is complete
+    on disk (from the checkpoint writer's thread: training goes on while Ray persists it and the driver answers)."""
 
     def __init__(self, out_dir: Path, extra: dict[str, float]):
         self.out_dir, self.extra = out_dir, extra
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+    def on_checkpoint(self, epoch: int, metrics: dict[str, float]) -> None:
         result: dict[str, Any] = {
             k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
@@ -212,7 +203,7 @@ def run_trial(
     import ray
 
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]  # the devices Ray assigned (CUDA_VISIBLE_DEVICES is set to them)
-    capped = apply_gpu_share(cfg.resources.gpu, run_cfg.train.device)
+    capped = run_cfg.train.gpu_memory_share < 1 and resolve_device(run_cfg.train.device).type == "cuda"
     extra: dict[str, Any] = {
         **zero_copy_report(data),
         "cktf/node_id": ray.get_runtime_context().get_node_id(),
