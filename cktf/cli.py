@@ -209,6 +209,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .tune.run.lock import StudyLock
 
     overrides = _overrides(args)
+    if not (args.quiet or args.ray_view):  # the live view: cktf's warnings and errors only on the terminal
+        from .tune.run.driver import quiet_console
+
+        quiet_console()
     cfg = load_study(args.study, overrides)
     store = StudyStore(cfg.study_dir)
     try:
@@ -224,7 +228,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
             plan = plan_study(cfg, progress=not args.quiet)
             from .tune.run import run_study
 
-            outcome = run_study(plan, resume=args.resume, progress=not args.quiet, lock=lock, overrides=overrides)
+            view = "quiet" if args.quiet else "ray" if args.ray_view else "live"
+            outcome = run_study(
+                plan, resume=args.resume, progress=not args.quiet, lock=lock, overrides=overrides, view=view
+            )
     except KeyboardInterrupt:
         print(f"cktf: interrupted; continue the study with: {_resume_command(args)}", file=sys.stderr)
         return EXIT_INCOMPLETE
@@ -233,10 +240,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"study {cfg.name}: {outcome.status.upper() if not outcome.complete else 'complete'} ({counts}) "
         f"in {outcome.wall_s:.0f}s"
     )
-    if outcome.best:
+    if outcome.headline:
+        print(outcome.headline)
+    elif outcome.best:
         b = outcome.best
         test = f", test {b.test:.2f}" if b.test is not None else ""
         print(f"best trial {b.trial_id}: {outcome.metric} {b.score:.4g}{test} (epoch {b.epoch})")
+    if outcome.model_uri:
+        print(f"registered: {outcome.model_uri}  (mlflow.pytorch.load_model, or cktf export {outcome.model_uri})")
     print(f"study dir: {outcome.study_dir}  (cktf report / cktf export {outcome.study_dir} --out student.safetensors)")
     if outcome.status == "failed":
         from .tune.results.reader import StudyResults
@@ -252,8 +263,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .tune.results.export import export_best
+    from .tune.results.export import export_best, export_onnx
 
+    if args.study.startswith("models:/"):  # a registered student (e.g. models:/quickstart@champion)
+        from .tune.results.champion import export_registered
+
+        info = export_registered(args.study, args.out, args.tracking_uri)
+        if args.onnx:
+            export_onnx(Path(args.out), Path(args.out).with_suffix(".onnx"))
+        print(
+            f"wrote {args.out} (+ {Path(args.out).with_suffix('.json').name}): {info['architecture']} from "
+            f"{args.study} (version {info['model_version']}, trial {info.get('trial')})"
+        )
+        return 0
     info = export_best(args.study, args.out, onnx=args.onnx)
     m, t = info["metric"], info["test_metric"]
     test = f", {t['name']} {t['value']:.4g}" if t["value"] is not None else ""
@@ -319,6 +341,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri]
     cmd += ["--host", args.host, "--port", str(args.port)]
     print("running:", " ".join(cmd))
+    if args.study:
+        from .tune.results.links import study_links
+
+        for label, url in study_links(args.study, f"http://{args.host}:{args.port}", args.top):
+            print(f"{label}: {url}")
     if args.dry_run:
         return 0
     server = subprocess.Popen(cmd)
@@ -432,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted study (finished trials are kept)")
     p.add_argument("--data-root", default=None, help="override data.root of the study file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study field (search.num_samples=4)")
-    p.add_argument("--quiet", action="store_true", help="no Ray progress tables")
+    p.add_argument("--quiet", action="store_true", help="only the final lines (no live view)")
+    p.add_argument("--verbose", dest="ray_view", action="store_true", help="Ray's own output instead of the live view")
     p.add_argument("--i-mean-it", action="store_true", help="accept more than 2400 epochs or 1000 trials")
     p.add_argument("--break-lock", action="store_true", help="take over a study whose lock is stale (refused if fresh)")
     p.set_defaults(func=cmd_tune)
@@ -448,8 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("export", help="write the best finished trial's student (.safetensors + .json)")
-    p.add_argument("study", help="study directory, study YAML or study name")
+    p.add_argument("study", help="study directory, YAML or name, or a registered model (models:/NAME@champion)")
     p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+        help="the registry of a models:/ URI",
+    )
     p.add_argument("--onnx", action="store_true", help="also write an ONNX graph next to it")
     p.set_defaults(func=cmd_export)
 
@@ -463,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--dry-run", action="store_true", help="print the command only")
+    p.add_argument("--study", default=None, help="also print the links to this study's runs, parent run and top trials")
+    p.add_argument("--top", type=int, default=5, help="trials in the compare link (default 5)")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("probe", help="linear probe of a model's frozen features on a labeled dataset")

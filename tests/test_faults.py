@@ -137,7 +137,7 @@ class Study:
         finished = {t: max(h["val_acc"] for h in r["history"]) for t, r in recs.items() if r["status"] == "finished"}
         if status == "complete":
             assert len(recs) == N and all(r["status"] in TERMINAL for r in recs.values())
-            best = max(finished, key=finished.get)
+            best = max(sorted(finished), key=finished.get)  # a tie goes to the smaller trial id
             assert parent.data.tags["cktf.best_trial"] == best
             assert parent.data.metrics["best/val_acc"] == finished[best]
             exported = json.loads((self.dir / "best" / "student.json").read_text())

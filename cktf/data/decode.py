@@ -67,7 +67,8 @@ def decode_files(
     out = np.empty((len(paths), side, side, 3), dtype=np.uint8)
     chunks = [(paths[i : i + CHUNK], side) for i in range(0, len(paths), CHUNK)]
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
+    # disable=None: no bar when stderr is not a terminal (a CI log gets no \r-redrawn lines)
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=(not progress) or None, leave=False)
     try:
         if workers <= 1 or len(paths) < POOL_MIN_FILES:
             results = map(_decode_chunk, chunks)

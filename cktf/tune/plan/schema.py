@@ -105,6 +105,21 @@ class SearchSpec(Config):
     """accept more than 1000 trials (a guard against a typo; --i-mean-it sets it)"""
 
 
+class ConfirmSpec(Config):
+    """The confirmation stage (docs/studies.md, "Winners confirmed"): after the search, the ``top_k`` best finished
+    configurations and the official defaults are trained again from scratch with ``seeds`` new seeds each; "best"
+    is then the best mean over those seeds."""
+
+    top_k: int = Field(3, ge=1, le=20)
+    """how many of the search's best finished configurations are trained again"""
+    seeds: int = Field(3, ge=2, le=20)
+    """new seeds per configuration (>= 2: a spread needs two runs)"""
+    seed_base: int = Field(1000, ge=0)
+    """the new seeds are seed_base, seed_base + 1, ... (never a seed of the search, which uses train.seed)"""
+    defaults: bool = True
+    """also confirm the official defaults (the baseline), so the report gives the paired difference from them"""
+
+
 class AshaSpec(Config):
     """ASHA settings; ``max_t`` is ``train.epochs`` (one Tune iteration = one epoch)."""
 
@@ -186,6 +201,8 @@ class StudyConfig(Config):
     """Ray's storage (trial checkpoints): local path, shared mount, s3:// or gs:// (default: workdir/name/ray)"""
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
     """where the study's lineage goes"""
+    confirm: ConfirmSpec | None = None
+    """train the top configurations again over new seeds after the search (null: no confirmation stage)"""
     probe: ProbeSpec | None = None
     """transfer studies: distil on unlabeled images, then probe (metric probe_val_acc)"""
     source: SkipJsonSchema[str | None] = None

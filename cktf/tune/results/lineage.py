@@ -25,12 +25,14 @@ from ray.tune import Callback
 
 from .reader import (
     BEST_EPOCH,
+    CONFIRM,
     FAILED,
     FAILURE_KEY,
     FINISHED,
     MLFLOW_STATUS,
     PRUNED,
     RUNNING,
+    SEARCH,
     TrialIndex,
     select_epoch,
     wanted_metrics,
@@ -38,8 +40,14 @@ from .reader import (
 from .tracking import DEFAULT_BUDGET_S, DOWN, Tracking, sync_study
 
 
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config with a confirmation run's ``_point`` (its configuration, group and seed) spread out."""
+    point = config.get("_point")
+    return {**{k: v for k, v in config.items() if k != "_point"}, **(point or {})}
+
+
 def trial_config(trial: Any) -> dict[str, Any]:
-    return {k: v for k, v in dict(trial.config).items() if not str(k).startswith("_")}
+    return {k: v for k, v in flat_config(dict(trial.config)).items() if not str(k).startswith("_")}
 
 
 def trial_tags(parent_run_id: str, trial_id: str, study: str, baseline: bool) -> dict[str, str]:
@@ -51,6 +59,68 @@ def trial_tags(parent_run_id: str, trial_id: str, study: str, baseline: bool) ->
         "cktf.study": study,
         "cktf.baseline": str(baseline).lower(),
     }
+
+
+#: short names of common searched parameters in run names (``t03 tau=0.07 d=128``)
+SHORT = {"feat_dim": "d", "nce_k": "N", "alpha1": "a1", "alpha2": "a2", "mapping": "map", "optim.lr": "lr"}
+
+
+def short_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.2g}" if abs(v) < 1000 else f"{v:.3g}"
+    return str(v)
+
+
+def short_params(config: dict[str, Any], keys: list[str] | None = None, width: int = 70) -> str:
+    """``tau=0.07 d=128 ...``: the searched values, short, at most ``width`` characters."""
+    parts = [f"{SHORT.get(k, k.rsplit('.', 1)[-1])}={short_value(config[k])}" for k in keys or sorted(config)]
+    out = ""
+    for p in parts:
+        if len(out) + len(p) + 1 > width:
+            return out + " …"
+        out = f"{out} {p}" if out else p
+    return out
+
+
+def run_name(record: dict[str, Any], keys: list[str] | None = None) -> str:
+    """A child run's name a person can read: ``t03 tau=0.07 d=128``, ``t01 defaults``, ``c2 s1001 tau=0.07``."""
+    if record.get("stage") == CONFIRM:
+        head = f"c{int(record.get('group', 0))} s{int(record.get('seed', 0))}"
+    else:
+        head = f"t{int(record.get('number', 0)):02d}"
+    body = "defaults" if record.get("baseline") else short_params(record.get("config", {}), keys, 60)
+    return f"{head} {body}".strip()
+
+
+def rung_of(epochs: int, grace: int, factor: float) -> int:
+    """ASHA's rung a trial reached: 0 below the grace period, then 1 + floor(log_factor(epochs / grace))."""
+    import math
+
+    if epochs < grace:
+        return 0
+    return 1 + int(math.floor(math.log(epochs / grace, factor) + 1e-9))
+
+
+def dataset_inputs(datasets: list[dict[str, Any]]) -> list:
+    """MLflow ``DatasetInput`` entities for the study's splits (``name``, ``digest``, ``source``, ``context``,
+    ``profile``): what ``mlflow.log_input`` logs, built without a pandas/numpy copy of the images."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    return [
+        DatasetInput(
+            Dataset(
+                name=d["name"],
+                digest=d["digest"],
+                source_type="local",
+                source=json.dumps({"uri": d["source"]}),
+                profile=json.dumps(d.get("profile", {})),
+            ),
+            tags=[InputTag("mlflow.data.context", d["context"])],
+        )
+        for d in datasets
+    ]
 
 
 class MLflowStudyCallback(Callback):
@@ -69,7 +139,12 @@ class MLflowStudyCallback(Callback):
         mode: str = "max",
         selection: str = BEST_EPOCH,
         budget_s: float = DEFAULT_BUDGET_S,
+        stage: str = SEARCH,
+        datasets: list[dict[str, Any]] | None = None,
+        searched: list[str] | None = None,
+        asha: tuple[int, float] | None = None,
     ):
+        self.stage, self.datasets, self.searched, self.asha = stage, list(datasets or []), searched, asha
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.study_dir, self.study_name, self.max_t, self.baseline = study_dir, study_name, int(max_t), baseline
         self.metric, self.mode, self.selection = metric, mode, selection  # how a trial's history is judged
@@ -132,17 +207,35 @@ class MLflowStudyCallback(Callback):
             if found is DOWN:
                 run_id = None
         config = trial_config(trial)
-        is_baseline = bool(self.baseline) and all(config.get(k) == v for k, v in self.baseline.items())
+        raw = flat_config(dict(trial.config))
+        if self.stage == CONFIRM:
+            is_baseline = bool(raw.get("_baseline"))
+            facts = {"stage": CONFIRM, "group": int(raw["_group"]), "seed": int(raw["_seed"])}
+            facts["source_trial"] = raw.get("_source")
+        else:
+            is_baseline = bool(self.baseline) and all(config.get(k) == v for k, v in self.baseline.items())
+            facts = {"stage": SEARCH}
+        if not rec:
+            facts["number"] = 1 + sum(1 for r in self.index.all() if r.get("stage", SEARCH) == facts["stage"])
+        else:
+            facts["number"] = rec.get("number", 0)
         if not run_id and self.client.up:
             tags = trial_tags(self.parent_run_id, trial.trial_id, self.study_name, is_baseline)
-            run = self.client.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
+            tags.update({"cktf.stage": facts["stage"], "cktf.status": RUNNING})
+            if self.stage == CONFIRM:
+                tags.update({"cktf.confirm_group": str(facts["group"]), "cktf.seed": str(facts["seed"])})
+            name = run_name({**facts, "config": config, "baseline": is_baseline}, self.searched)
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
             if run:
                 run_id = run.info.run_id
                 from mlflow.entities import Param
 
-                params = [Param(str(k), str(v)[:500]) for k, v in sorted(config.items())]
+                logged = {**config, **({"seed": facts["seed"]} if self.stage == CONFIRM else {})}
+                params = [Param(str(k), str(v)[:500]) for k, v in sorted(logged.items())]
                 for i in range(0, len(params), 100):
                     self.client.log_batch(run_id, params=params[i : i + 100])
+                if self.datasets:
+                    self.client.log_inputs(run_id, datasets=dataset_inputs(self.datasets))
         if not rec:
             self.index.update(
                 trial.trial_id,
@@ -152,6 +245,7 @@ class MLflowStudyCallback(Callback):
                 status=RUNNING,
                 history=[],
                 mlflow_run_id=run_id,
+                **facts,
             )
         elif run_id != rec.get("mlflow_run_id"):
             self.index.update(trial.trial_id, mlflow_run_id=run_id)
@@ -273,6 +367,9 @@ class MLflowStudyCallback(Callback):
             return
         done = int(rec.get("iterations", 0)) >= self.max_t
         self._set_status(trial, FINISHED if done else PRUNED)
+        run_id = self.index.get(trial.trial_id).get("mlflow_run_id")
+        if run_id and self.asha is not None and self.stage == SEARCH:
+            self.client.set_tag(run_id, "cktf.rung", str(rung_of(int(rec.get("iterations", 0)), *self.asha)))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
         error = None

@@ -8,6 +8,9 @@
 * :class:`StudyResults` -- one object over both, used by export, report, the MLflow callback and the CLI: trials,
   statuses and counts, the selected epoch and score of each trial, the best finished trial by ``search.metric``
   and ``search.mode``, the baseline (official defaults) trial.
+* The confirmation stage's runs (records with ``stage: confirm``, a ``group`` per configuration and a ``seed``) are
+  kept apart from the search's trials: :meth:`StudyResults.confirmation` groups them, and once they exist "best" is
+  the configuration with the best mean over its seeds (docs/studies.md, "Winners confirmed").
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ MLFLOW_STATUS = {FINISHED: "FINISHED", PRUNED: "KILLED", FAILED: "FAILED", RUNNI
 STATE_FILE = "state.json"
 #: how a trial's history is judged: its best epoch by the metric, or (transfer studies) its last epoch
 BEST_EPOCH, LAST_EPOCH = "best_epoch", "last_epoch"
+
+#: the stage of a record: the search (Optuna + ASHA) or the confirmation over new seeds
+SEARCH, CONFIRM = "search", "confirm"
 
 #: a trial's last result carries this key when it failed for a reason a retry cannot fix (a non-finite loss)
 FAILURE_KEY = "cktf/failure"
@@ -148,6 +154,23 @@ class TrialResult:
         return self.epoch_row.get("epoch")
 
 
+@dataclass(frozen=True)
+class ConfirmedConfig:
+    """One configuration of the confirmation stage: its runs over the new seeds and their spread."""
+
+    group: int
+    config: dict[str, Any]
+    baseline: bool
+    source_trial: str | None
+    runs: list[TrialResult]
+    spread: Any  # stats.Spread of the finished runs' scores, None if none finished
+
+    def scores_by_seed(self) -> dict[int, float]:
+        return {
+            int(r.record["seed"]): float(r.score) for r in self.runs if r.status == FINISHED and r.score is not None
+        }
+
+
 class StudyResults:
     """A study's results as one object: trials, statuses, per-epoch histories, the best and the baseline trial.
 
@@ -190,13 +213,50 @@ class StudyResults:
         return TrialResult(record, row, float(score) if _finite(score) else None, row.get(self.test_metric))
 
     def trials(self) -> list[TrialResult]:
-        return [self.judge(r) for r in self.records()]
+        """The search's trials (not the confirmation runs)."""
+        return [self.judge(r) for r in self.records() if r.get("stage", SEARCH) != CONFIRM]
 
-    def counts(self) -> dict[str, int]:
+    def confirm_trials(self) -> list[TrialResult]:
+        """The confirmation stage's runs, by group then seed."""
+        rows = [self.judge(r) for r in self.records() if r.get("stage") == CONFIRM]
+        return sorted(rows, key=lambda t: (int(t.record.get("group", 0)), int(t.record.get("seed", 0))))
+
+    def counts(self, stage: str = SEARCH) -> dict[str, int]:
         counts = {s: 0 for s in (FINISHED, PRUNED, FAILED, RUNNING)}
-        for t in self.trials():
+        for t in self.trials() if stage == SEARCH else self.confirm_trials():
             counts[t.status] = counts.get(t.status, 0) + 1
         return counts
+
+    def confirm_complete(self, num_runs: int | None = None) -> bool:
+        """Every run the confirmation stage planned (``num_runs``, default: the state's) has ended."""
+        n = int(num_runs if num_runs is not None else len(self.state.get("confirm_points") or []))
+        runs = self.confirm_trials()
+        return n > 0 and len(runs) >= n and all(t.status in TERMINAL for t in runs)
+
+    def confirmation(self) -> list[ConfirmedConfig]:
+        """One entry per confirmed configuration (the official defaults flagged), best mean first."""
+        from .stats import spread
+
+        groups: dict[int, list[TrialResult]] = {}
+        for t in self.confirm_trials():
+            groups.setdefault(int(t.record.get("group", 0)), []).append(t)
+        out = []
+        for group, runs in groups.items():
+            scored = [r for r in runs if r.status == FINISHED and r.score is not None]
+            first = runs[0].record
+            out.append(
+                ConfirmedConfig(
+                    group=group,
+                    config=first.get("config", {}),
+                    baseline=bool(first.get("baseline")),
+                    source_trial=first.get("source_trial"),
+                    runs=runs,
+                    spread=spread([r.score for r in scored]) if scored else None,
+                )
+            )
+        sign = -1.0 if self.mode == "max" else 1.0
+        out.sort(key=lambda c: (c.spread is None, sign * c.spread.mean if c.spread else 0.0, c.group))
+        return out
 
     def complete(self, num_trials: int | None = None) -> bool:
         """Every trial of the plan (``num_trials``, default: the state's) is in the index with a final status:
@@ -212,11 +272,12 @@ class StudyResults:
     def better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b
 
-    def sort_key(self, t: TrialResult) -> tuple[int, float]:
-        """Best first in the study's mode; trials without a score last."""
+    def sort_key(self, t: TrialResult) -> tuple[int, float, str]:
+        """Best first in the study's mode; trials without a score last; a tie goes to the smaller trial id, so that
+        every reader (report, export, MLflow tag) names the same trial."""
         if t.score is None:
-            return (1, 0.0)
-        return (0, -t.score if self.mode == "max" else t.score)
+            return (1, 0.0, t.trial_id)
+        return (0, -t.score if self.mode == "max" else t.score, t.trial_id)
 
     def ranked(self, status: str | None = None) -> list[TrialResult]:
         """Trials best first (``status``: only those)."""
@@ -225,7 +286,27 @@ class StudyResults:
 
     def best(self, required: bool = False) -> TrialResult | None:
         """The best *finished* trial (ran every epoch; pruned and failed trials are not candidates) that has a
-        checkpoint, by ``metric`` in ``mode`` order at its selected epoch."""
+        checkpoint, by ``metric`` in ``mode`` order at its selected epoch. After a confirmation stage: the best seed
+        run of the configuration with the best mean over its seeds (:meth:`confirmed_best`)."""
+        confirmed = self.confirmed_best()
+        if confirmed is not None:
+            return confirmed
+        return self.search_best(required)
+
+    def confirmed_best(self) -> TrialResult | None:
+        """The confirmation's pick: of the configuration with the best mean, its best finished run with a
+        checkpoint; ``None`` without confirmation runs."""
+        for conf in self.confirmation():
+            runs = sorted(
+                (r for r in conf.runs if r.status == FINISHED and r.score is not None and r.record.get("checkpoint")),
+                key=self.sort_key,
+            )
+            if runs:
+                return runs[0]
+        return None
+
+    def search_best(self, required: bool = False) -> TrialResult | None:
+        """The search's best finished trial (before any confirmation)."""
         scored = [t for t in self.ranked(FINISHED) if t.score is not None and t.record.get("checkpoint")]
         if scored:
             return scored[0]
@@ -241,11 +322,28 @@ class StudyResults:
         return next((t for t in self.trials() if t.baseline), None)
 
     def gain_over_baseline(self) -> float | None:
-        """``best - baseline`` in the metric's units, signed so that a positive value is an improvement."""
-        best, base = self.best(), self.baseline()
+        """The search's ``best - baseline`` (one seed each) in the metric's units, signed so that a positive value is
+        an improvement; :meth:`confirmed_gain` is the paired one over the confirmation's seeds."""
+        best, base = self.search_best(), self.baseline()
         if best is None or base is None or base.score is None or best.score is None:
             return None
         return best.score - base.score if self.mode == "max" else base.score - best.score
+
+    def confirmed_gain(self, level: float = 0.95):
+        """The winner's paired difference from the confirmed defaults (same seeds), signed so that positive is an
+        improvement: a :class:`~.stats.PairedDiff`, or ``None`` without both (or with fewer than two shared seeds)."""
+        from .stats import paired_diff
+
+        confs = self.confirmation()
+        base = next((c for c in confs if c.baseline), None)
+        if not confs or base is None or confs[0] is base or confs[0].spread is None:
+            return None
+        win, ref = confs[0].scores_by_seed(), base.scores_by_seed()
+        seeds = sorted(set(win) & set(ref))
+        if len(seeds) < 2:
+            return None
+        a, b = [win[s] for s in seeds], [ref[s] for s in seeds]
+        return paired_diff(a, b, level) if self.mode == "max" else paired_diff(b, a, level)
 
 
 def resolve_study_dir(study: str | os.PathLike, workdir: str = "runs/studies") -> str:

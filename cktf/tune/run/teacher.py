@@ -60,24 +60,35 @@ def _train_teacher_task(cfg: StudyConfig, data: dict[str, Any], out_dir: str) ->
     return teacher_to_shared(model, meta, summary["weights_best"]), summary
 
 
-def obtain_teacher(plan: StudyPlan, store: StudyStore, data_ref: Any, progress: bool = True) -> dict[str, Any] | None:
-    """The shared teacher: the given checkpoint, the study's saved one, or trained now (once)."""
+def obtain_teacher(
+    plan: StudyPlan, store: StudyStore, data_ref: Any, progress: bool = True, notify: Any = None
+) -> dict[str, Any] | None:
+    """The shared teacher: the given checkpoint, the study's saved one, or trained now (once). ``notify``: called
+    with a line for the terminal (the live view) when the teacher is loaded, and before and after it trains."""
+    import time
+
     import ray
 
     from ...train.checkpoint import load_model, save_model_weights
     from .shared import splits_to_shared, teacher_from_shared, teacher_to_shared
+
+    def say(line: str) -> None:
+        if notify is not None:
+            notify(f"  {line}")
 
     cfg = plan.study
     if not cfg.objective.needs_teacher:
         return None
     if cfg.teacher.checkpoint:
         model, meta = load_model(cfg.teacher.checkpoint, "teacher.checkpoint")
+        say(f"teacher {meta.get('arch', '')}: loaded from {cfg.teacher.checkpoint}")
         return teacher_to_shared(model, meta, str(Path(cfg.teacher.checkpoint).resolve()))
     scratch = Path(tempfile.mkdtemp(prefix="cktf-teacher-"))
     if store.exists(TEACHER_FILE):
         local = store.local_path(TEACHER_FILE) or store.download(scratch / TEACHER_FILE, TEACHER_FILE)
         model, meta = load_model(local, "teacher")
         log.info("teacher: reusing %s", store.uri_of(TEACHER_FILE))
+        say(f"teacher {cfg.teacher.arch}: reusing the study's, trained before")
         return teacher_to_shared(model, meta, store.uri_of(TEACHER_FILE))
     res = teacher_resources(cfg)
     log.info(
@@ -88,6 +99,8 @@ def obtain_teacher(plan: StudyPlan, store: StudyStore, data_ref: Any, progress: 
         res["gpu"],
     )
     write_state(store, teacher_resources=res)
+    say(f"teacher {cfg.teacher.arch}: training {cfg.teacher.train.epochs} epochs, once for the study ...")
+    t0 = time.perf_counter()
     task = ray.remote(_train_teacher_task).options(num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=0)
     if cfg.teacher.data is not None:  # the source domain (transfer): decoded here, shared with the task only
         from ...data import load_splits
@@ -101,4 +114,10 @@ def obtain_teacher(plan: StudyPlan, store: StudyStore, data_ref: Any, progress: 
     save_model_weights(local, model, meta)
     store.upload(local, TEACHER_FILE)
     write_state(store, teacher={k: summary.get(k) for k in ("val_acc", "test_acc", "epochs")})
+    acc = summary.get("val_acc")
+    score = f"val_acc {acc:.2f}" if isinstance(acc, int | float) else "trained"
+    say(
+        f"teacher {cfg.teacher.arch}: {score} after {summary.get('epochs', cfg.teacher.train.epochs)} epochs "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
     return {**shared, "path": store.uri_of(TEACHER_FILE)}

@@ -64,12 +64,19 @@ def already_ended(store: StudyStore, trial_id: str) -> dict[str, Any] | None:
     return rec if rec.get("status") in (FINISHED, PRUNED) and rec.get("history") else None
 
 
-def trial_run_config(cfg: StudyConfig, sampled: dict[str, Any], out_dir: str, teacher: str | None) -> RunConfig:
+def trial_run_config(
+    cfg: StudyConfig, sampled: dict[str, Any], out_dir: str, teacher: str | None, seed: int | None = None
+) -> RunConfig:
     """The trial's single-run config: the study's fixed recipe plus the sampled values.
 
     Sampled names are the method's fields (``alpha1``, ``fitnet.beta``, ``theta``) or ``optim.<field>`` /
-    ``train.<field>``."""
+    ``train.<field>``. ``seed``: a confirmation run's own seed. With a confirmation stage no trial reads the test
+    split: the final pick is evaluated on it once, by the driver (docs/studies.md)."""
     params, optim, train = dict(cfg.params), {}, {"progress": False}
+    if seed is not None:
+        train["seed"] = int(seed)
+    if cfg.confirm is not None:
+        train["eval_test"] = False
     if 0 < cfg.resources.gpu < 1:  # a fraction of a GPU: the run keeps to its share of the memory
         train["gpu_memory_share"] = min(float(cfg.resources.gpu), cfg.train.gpu_memory_share)
     for key, value in sampled.items():
@@ -163,8 +170,13 @@ def run_trial(
     teacher: dict[str, Any] | None = None,
     probe_data: dict[str, Any] | None = None,
 ) -> None:
-    """Function trainable; ``config`` holds the sampled values (flat names, e.g. ``alpha1``, ``optim.lr``)."""
+    """Function trainable; ``config`` holds the sampled values (flat names, e.g. ``alpha1``, ``optim.lr``), or a
+    confirmation run's ``_point`` (the configuration plus its ``_seed``)."""
     import torch
+
+    from ..results.lineage import flat_config
+
+    config = flat_config(config)
 
     cfg = study
     import_plugins(cfg.plugins)  # the user's own methods and models, registered in this worker too
@@ -198,7 +210,7 @@ def run_trial(
         log.info("trial %s resumes after epoch %d", trial_id, epochs_done(out))
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}
     t_model, t_arch = teacher_from_shared(teacher) if teacher else (None, None)
-    run_cfg = trial_run_config(cfg, sampled, str(out), teacher["path"] if teacher else None)
+    run_cfg = trial_run_config(cfg, sampled, str(out), teacher["path"] if teacher else None, config.get("_seed"))
     torch.set_num_threads(max(1, int(cfg.resources.cpu)))  # trials share the node's cores
     import ray
 
