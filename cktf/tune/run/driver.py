@@ -171,7 +171,7 @@ def run_study(
         view = view or ("live" if progress else "quiet")
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-        with _study_log(store, view) as log_path:
+        with study_log(store, view) as log_path:
             return _run_locked(plan, store, lock, resume, view, overrides or {}, log_path)
     finally:
         if own_lock:
@@ -200,7 +200,7 @@ def quiet_console() -> ConsoleFilter:
 LIBRARIES = ("ray", "ray.tune", "mlflow", "optuna")
 
 
-class _study_log:
+class study_log:
     """Send the driver's log records (cktf's, Ray's, MLflow's, Optuna's) to ``driver.log`` in the study folder (a
     local temporary file for a remote study, uploaded at the end); under the live view the terminal keeps cktf's
     warnings and anyone's errors (:class:`ConsoleFilter`)."""
@@ -290,7 +290,7 @@ def _stderr_to(path: str | None):
         os.close(fd)
 
 
-def _start_ray(progress: bool, lock: StudyLock, log_path: str | None = None) -> bool:
+def start_ray(progress: bool, lock: StudyLock, log_path: str | None = None) -> bool:
     """Join ``RAY_ADDRESS``, or start a local Ray bound to 127.0.0.1 (recorded in the lock); True if started here.
     ``log_path``: where Ray's start-up output goes (None: the terminal)."""
     import ray
@@ -337,7 +337,7 @@ def _run_locked(
     from .teacher import obtain_teacher
     from .trainable import run_trial
 
-    started_ray = _start_ray(view == "ray", lock, log_path if view != "ray" else None)
+    started_ray = start_ray(view == "ray", lock, log_path if view != "ray" else None)
     client = Tracking.shared(cfg.mlflow.tracking_uri, cfg.mlflow.retry_s)
     tags = {
         "cktf.study": cfg.name,
@@ -418,14 +418,16 @@ def _run_locked(
                 scheduler_cls=PersistentASHA,
                 **extra,
             )
-            _fit(tuner)  # Ray's own view of the outcome is not trusted: the trial index decides (finish_study)
+            fit_tuner(tuner)  # Ray's own view of the outcome is not trusted: the trial index decides (finish_study)
         write_state(store, object_transfers=object_transfers(data=data_ref, teacher=teacher_ref, probe=probe_ref))
         complete = StudyResults(store).complete(plan.num_trials)
         if complete and cfg.confirm is not None:
             points = read_state(store).get("confirm_points") or confirm_points(plan, StudyResults(store))
             write_state(store, stage="confirm", confirm_points=points)
             if points and not StudyResults(store).confirm_complete(len(points)):
-                _fit(_confirm_tuner(plan, store, tune, (exp_id, parent_id), run_trial, resume, refs, points, **extra))
+                fit_tuner(
+                    _confirm_tuner(plan, store, tune, (exp_id, parent_id), run_trial, resume, refs, points, **extra)
+                )
             complete = not points or StudyResults(store).confirm_complete(len(points))
         return finish_study(cfg, store, complete, plan.num_trials, time.perf_counter() - t0, splits=plan.splits)
     except KeyboardInterrupt:
@@ -434,6 +436,16 @@ def _run_locked(
     finally:
         if started_ray:
             ray.shutdown()  # the local Ray ends with its driver
+
+
+def _withdraw_best(client: Any, parent_id: str) -> None:
+    """An incomplete study reports no best: a stop that came while MLflow's best was being published (after the
+    report) takes back what had reached the parent run; ``--resume`` publishes it again at the end."""
+    run = client.get_run(parent_id)
+    tags = getattr(getattr(run, "data", None), "tags", None) or {}
+    for key in ("cktf.best_trial", "cktf.model"):
+        if key in tags:
+            client.delete_tag(parent_id, key)
 
 
 def object_transfers(**refs: Any) -> dict[str, dict[str, Any]]:
@@ -456,7 +468,7 @@ def object_transfers(**refs: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _fit(tuner: Any) -> None:
+def fit_tuner(tuner: Any) -> None:
     """``tuner.fit()``, then Ctrl-C is ours again: Tune's own SIGINT handler (a graceful stop of the trials) stays
     installed after ``fit`` returns, and would swallow an interrupt of the report or the export."""
     import signal
@@ -667,7 +679,9 @@ def finish_study(
         from ..results.export import export_best
         from ..results.report import write_report
 
-        champion = None
+        # files first (the student, its one test read), then the report, then MLflow's "best" (the registered
+        # model, the best metrics and tags): a study stopped before the end has no best in MLflow
+        champion, best_dir, test = None, None, None
         if best is not None:
             import tempfile
 
@@ -684,22 +698,25 @@ def finish_study(
                 info["test_metric"] = {"name": results.test_metric, "value": test, "read": "once, for the final pick"}
                 weights.with_suffix(".json").write_text(json.dumps(info, indent=1))
                 write_state(store, final_test={**scores, "trial": best.trial_id})
-            champion = _register(cfg, client, parent_id, weights)
             store.upload(best_dir, "best")
-            client.log_artifacts(parent_id, str(best_dir), "best_student")
-            client.log_metric(parent_id, f"best/{results.metric}", float(best.score))
-            if test is not None:
-                client.log_metric(parent_id, f"best/{results.test_metric}", float(test))
-            client.set_tag(parent_id, "cktf.best_trial", best.trial_id)
         write_state(store, stage="report")
         report_dir = write_report(StudyResults(store))
         headline = json.loads((report_dir / "summary.json").read_text()).get("headline", "")
         client.log_artifacts(parent_id, str(report_dir), "report")
         client.set_tag(parent_id, "cktf.report", "report/report.html")
-        if champion:
-            client.set_tag(parent_id, "cktf.model", champion["uri"])
+        if best is not None:
+            write_state(store, stage="publish")
+            champion = _register(cfg, client, parent_id, best_dir / "student.safetensors")
+            client.log_artifacts(parent_id, str(best_dir), "best_student")
+            client.log_metric(parent_id, f"best/{results.metric}", float(best.score))
+            if test is not None:
+                client.log_metric(parent_id, f"best/{results.test_metric}", float(test))
+            client.set_tag(parent_id, "cktf.best_trial", best.trial_id)
+            if champion:
+                client.set_tag(parent_id, "cktf.model", champion["uri"])
     else:
         headline, champion = "", None
+        _withdraw_best(client, parent_id)
     client.set_tag(parent_id, "cktf.study_status", status)
     client.set_terminated(parent_id, {"complete": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
     write_state(store, status=status, stage="done" if complete else "stopped", counts=counts, finished_at=time.time())
@@ -740,4 +757,4 @@ def _register(cfg: StudyConfig, client: Any, parent_id: str, weights: Path) -> d
         return None
 
 
-__all__ = ["StudyOutcome", "confirm_points", "finish_study", "run_study"]
+__all__ = ["StudyOutcome", "confirm_points", "finish_study", "fit_tuner", "run_study", "start_ray", "study_log"]
