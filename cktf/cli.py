@@ -33,7 +33,7 @@ def _add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str, sk
         flag = "--" + (prefix + name).replace("_", "-")
         default = field.get_default(call_default_factory=True)
         dest = f"{cls.__name__}.{name}"
-        help_ = f"{field.description or ''} (default: {default})".strip()
+        help_ = f"{field.description or ''} (default: {default})".strip().replace("%", "%%")  # argparse formats it
         kind = str(field.annotation)
         if isinstance(default, bool) or kind in ("bool", "<class 'bool'>"):
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
@@ -56,6 +56,17 @@ def _config_from_args(cls: type, args: argparse.Namespace, where: str, **fixed: 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import MODELS, create_model
 
+    if args.source:  # a library's models (nothing is built), or how to name your own
+        from .models.sources import describe_source_models
+
+        rows = describe_source_models(args.source, args.filter)
+        if rows:
+            print(f"{'model':<44} family")
+        for name, family in rows:
+            print(f"{name:<44} {family}")
+        if args.source == "module":
+            print("module: any importable factory, as module:pkg.mod:factory (docs/models.md)")
+        return 0
     print(f"{'model':<12} {'family':<15} {'inputs':<8} {'params(M)':>9} {'modules':>7} {'features':>8}")
     for name in MODELS.names(args.filter):
         m = create_model(name, num_classes=100)
@@ -63,6 +74,18 @@ def cmd_models(args: argparse.Namespace) -> int:
         sizes = "/".join(map(str, m.input_sizes))
         family = MODELS.meta(name).get("family", "")
         print(f"{name:<12} {family:<15} {sizes:<8} {n:>9.2f} {len(m.feature_info):>7} {m.num_features:>8}")
+    return 0
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    """A library's or a local file's weights as a cktf checkpoint (a study's ``teacher.checkpoint``)."""
+    from .models.sources import pretrained_model
+    from .train.checkpoint import save_model_weights
+
+    model = pretrained_model(args.model, args.weights, args.num_classes, download=args.download, field="--weights")
+    meta = {"arch": args.model, "num_classes": model.num_classes, "weights": args.weights}
+    save_model_weights(args.out, model, meta)
+    print(f"wrote {args.out} ({args.model}, {model.num_classes} classes, weights {args.weights})")
     return 0
 
 
@@ -108,6 +131,8 @@ def _run_config(args: argparse.Namespace, distiller: str, params: dict[str, Any]
     out_dir = args.out_dir or str(Path("runs") / f"{data.dataset}-{args.model}-{distiller}")
     return RunConfig(
         student=args.model,
+        student_weights=args.student_weights,
+        download=args.download,
         distiller=distiller,
         distill_params=params,
         teacher_checkpoint=teacher,
@@ -402,7 +427,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     from .data import DataConfig
     from .train import OptimConfig, TrainConfig
 
-    p.add_argument("--model", required=True, help="architecture (see `cktf models`)")
+    p.add_argument("--model", required=True, help="architecture: a zoo name, tv:NAME, timm:NAME or module:pkg.mod:f")
+    p.add_argument(
+        "--student-weights",
+        default=None,
+        metavar="PATH|TAG",
+        help="initial weights of --model: a .safetensors/.pth file or the library's tag (DEFAULT, IMAGENET1K_V2)",
+    )
+    p.add_argument("--download", action="store_true", help="fetch library weights the cache lacks (needs internet)")
     p.add_argument("--dataset", default="cifar100", help="dataset name (default: cifar100)")
     p.add_argument("--out-dir", default=None, help="run directory (default: runs/<dataset>-<model>-<distiller>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="resume from out-dir")
@@ -427,9 +459,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("models", help="list the model zoo")
+    p = sub.add_parser("models", help="list the model zoo, or a library's models (--source tv|timm)")
     p.add_argument("--filter", default="*", help="glob on names, e.g. 'resnet*'")
+    p.add_argument(
+        "--source",
+        choices=("tv", "timm", "module"),
+        default=None,
+        help="list torchvision (tv) or timm models instead of the zoo, or how to name your own (docs/models.md)",
+    )
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("import-weights", help="a library's or a local file's weights as a cktf checkpoint (a teacher)")
+    p.add_argument("model", help="tv:NAME, timm:NAME, module:pkg.mod:factory or a zoo name")
+    p.add_argument(
+        "--weights", required=True, help="a .safetensors/.pth file, or the library's tag (DEFAULT, IMAGENET1K_V2, ...)"
+    )
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="the classifier's class count (default: the weights' own)"
+    )
+    p.add_argument("--download", action="store_true", help="fetch library weights the cache lacks (needs internet)")
+    p.add_argument("--out", required=True, help="the .safetensors to write (a study's teacher.checkpoint)")
+    p.set_defaults(func=cmd_import_weights)
 
     p = sub.add_parser("distillers", help="list distillation methods")
     p.add_argument("--filter", default="*")

@@ -16,13 +16,14 @@ import logging
 import time
 from pathlib import Path
 
-from . import cifar, imagefolder, stl10, tiny_imagenet  # noqa: F401  (register the sources)
+from . import cifar, imagefolder, imagenet_style, stl10, tiny_imagenet  # noqa: F401  (register the sources)
 from ._base import CONTRAST_IDX, IMAGE, INDEX, TARGET, UNLABELED, ArrayDataset
 from .contrast import ContrastConfig, ContrastSampler
 from .imagefolder import imagefolder_spec
 from .loader import BatchLoader
 from .spec import DATASETS, DatasetSpec
 from .splits import DataConfig, Splits, load_splits
+from .stream import StreamDataset, StreamLoader, make_loader
 
 __all__ = [
     "CONTRAST_IDX",
@@ -38,8 +39,11 @@ __all__ = [
     "DataConfig",
     "DatasetSpec",
     "Splits",
+    "StreamDataset",
+    "StreamLoader",
     "imagefolder_spec",
     "load_splits",
+    "make_loader",
     "prepare",
 ]
 

@@ -15,7 +15,8 @@ the training device once, so the same seed gives the same crops and flips on eve
   rule (vectorised) and are resampled bilinearly (row gathers plus one batched matmul with per-sample
   interpolation matrices when every box is enlarged, else ``torchvision.ops.roi_align`` with adaptive sampling,
   which averages when shrinking, i.e. antialiases like PIL).
-* :func:`resize_center_crop`: ``Resize(size)`` + ``CenterCrop(size)`` for evaluation, with antialiasing.
+* :func:`resize_center_crop`: ``Resize(size)`` (or ``Resize(resize)``) + ``CenterCrop(size)`` for evaluation, with
+  antialiasing.
 * :func:`normalize`: ``ToTensor`` + ``Normalize`` in one fused multiply-add.
 """
 
@@ -253,19 +254,25 @@ def _taps(start: Tensor, length: Tensor, size: int, n_in: int) -> tuple[Tensor, 
     return i0, (i0 + 1).clamp(max=n_in - 1), 1 - w1, w1
 
 
-def resize_center_crop(x: Tensor, size: int) -> Tensor:
-    """``Resize(size)`` (shorter side, bilinear, antialias) + ``CenterCrop(size)``, batched (evaluation transform).
+def resize_center_crop(x: Tensor, size: int, resize: int | None = None) -> Tensor:
+    """``Resize(resize or size)`` (shorter side, bilinear, antialias) + ``CenterCrop(size)``, batched (evaluation
+    transform; ``resize=256, size=224`` is torchvision's ImageNet evaluation).
 
-    Returns ``x`` unchanged (same dtype) when ``H == W == size``, else float32 values 0..255.
+    Returns ``x`` unchanged (same dtype) when ``H == W == size``; a crop of ``x`` (same dtype) when ``resize`` is
+    given and is already its shorter side; else float32 values 0..255.
     """
     b, c, h, w = x.shape
+    target = int(resize or size)
     if h == size and w == size:
         return x
-    if h <= w:
-        nh, nw = size, int(size * w / h)
+    if resize is not None and min(h, w) == target:
+        nh, nw, y = h, w, x
     else:
-        nh, nw = int(size * h / w), size
-    y = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        if h <= w:
+            nh, nw = target, int(target * w / h)
+        else:
+            nh, nw = int(target * h / w), target
+        y = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
     top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
     return y[:, :, top : top + size, left : left + size]
 

@@ -100,11 +100,22 @@ class BatchLoader:
         sampler_backend: ``auto`` (numpy on the CPU, torch on a GPU), ``numpy`` or ``torch``
             (:class:`ContrastSampler`).
 
+    A :class:`~cktf.data.stream.StreamDataset` (a split too large to decode once) gets a
+    :class:`~cktf.data.stream.StreamLoader`, the subclass that decodes its rows per batch: ``BatchLoader(ds, ...)``
+    works for both.
+
     Attributes:
         resident: the split is held on the training device.
         copied_bytes: bytes this loader copied from host memory into batches or plans so far (a resident split
             copies only its epoch plans; a host-resident one every batch's rows as well).
     """
+
+    def __new__(cls, ds: object = None, *args: object, **kwargs: object) -> BatchLoader:
+        if cls is BatchLoader and type(ds).__name__ == "StreamDataset":  # see the class docstring
+            from .stream import StreamLoader
+
+            return super().__new__(StreamLoader)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -160,6 +171,8 @@ class BatchLoader:
         self.resident = residency != "host"
         self.copied_bytes = 0
         self.images = images.to(self.device) if self.resident else images
+        #: stored (H, W) and the device the rows are read on: what an epoch plan needs of the split
+        self.stored_hw, self.rows_device = (int(images.shape[1]), int(images.shape[2])), self.images.device
         if self.resident and self.device.type != "cpu":
             self.copied_bytes += images.numel()
         self.targets = torch.from_numpy(np.asarray(ds.targets, dtype=np.int64).copy()).to(self.device)
@@ -181,9 +194,9 @@ class BatchLoader:
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, PLAN_STREAM))
         if not self.train:
             order = torch.arange(self.n)
-            return EpochPlan(order.to(self.device), order.to(self.images.device), None)
+            return EpochPlan(order.to(self.device), order.to(self.rows_device), None)
         order = torch.randperm(self.n, generator=gen)
-        _, h, w, _ = self.images.shape
+        h, w = self.stored_hw
         if self.spec.train_aug == "crop_flip":
             h = w = self.size  # a stored size other than the input side is resized first (resize_center_crop)
             params = crop_flip_params(self.n, h, w, self.size, CROP_PADDING, gen)
@@ -193,7 +206,7 @@ class BatchLoader:
             raise ValueError(f"unknown train_aug {self.spec.train_aug!r}")
         if self.device.type != "cpu":
             self.copied_bytes += order.numel() * 8 + params.numel() * params.element_size()
-        return EpochPlan(order.to(self.device), order.to(self.images.device), params.to(self.device))
+        return EpochPlan(order.to(self.device), order.to(self.rows_device), params.to(self.device))
 
     def negatives_generator(self, epoch: int) -> torch.Generator:
         """The generator of epoch ``epoch``'s ``contrast_idx`` draws, on the training device."""
@@ -226,6 +239,13 @@ class BatchLoader:
         if not self.resident:
             self.copied_bytes += x.numel()
             x = x.to(self.device, non_blocking=True)
+        return self.finish(x, idx, params, generator)
+
+    def finish(
+        self, x: Tensor, idx: Tensor, params: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """The batch of the uint8 NHWC rows ``x`` (on the device) of split rows ``idx``: transform, normalise and
+        the batch dict (a streaming loader decodes ``x`` itself and ends here too, :mod:`cktf.data.stream`)."""
         x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory
         x = self.transform(x, params)
         x = normalize(x, self.mean, self.std)
@@ -239,7 +259,7 @@ class BatchLoader:
         """Train augmentation (``spec.train_aug``, given its ``params``) or, without params, the test transform,
         on a uint8 NCHW batch."""
         if params is None:
-            return resize_center_crop(x, self.size)
+            return resize_center_crop(x, self.size, getattr(self.spec, "eval_resize", 0) or None)
         if self.spec.train_aug == "crop_flip":
             if x.shape[-1] != self.size or x.shape[-2] != self.size:
                 x = resize_center_crop(x, self.size)

@@ -60,6 +60,9 @@ class DatasetSpec:
         resolve: for sources whose statistics come from the data (``imagefolder``):
             ``resolve(spec, root, train, cache_dir=..., image_size=...) -> DatasetSpec`` with every field filled.
         downloadable: ``load(..., download=True)`` can fetch the files.
+        eval_resize: the evaluation transform's ``Resize`` side: 0 resizes the stored image to the input side (then a
+            centre crop); ``N > image_size`` is torchvision's ImageNet evaluation, ``Resize(N)`` +
+            ``CenterCrop(image_size)`` (``imagenet_style`` data stores its images at N already: a crop alone).
     """
 
     name: str
@@ -76,6 +79,7 @@ class DatasetSpec:
     test_split: str = "test"
     resolve: Callable[..., DatasetSpec] | None = None
     downloadable: bool = True
+    eval_resize: int = 0
 
     def not_found(self, root: str | Path, split: str, checked: Path | str, what: str = "") -> DataNotFoundError:
         """The one-line error raised when a split is missing (says where we looked and how to get it)."""

@@ -9,6 +9,7 @@ final ``Splits.train`` are the index space of ``batch["index"]`` and of the cont
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -20,6 +21,7 @@ from ..config import Config, lookup
 from ..errors import ConfigError
 from ._base import UNLABELED, ArrayDataset
 from .spec import DATASETS, DatasetSpec
+from .stream import StreamDataset
 
 log = logging.getLogger("cktf")
 
@@ -30,7 +32,8 @@ class DataConfig(Config):
     section = "data"
 
     dataset: str = "cifar100"
-    """registered dataset name (cifar100, cifar10, tiny_imagenet, stl10, stl10_unlabeled, imagefolder)"""
+    """registered dataset name (cifar100, cifar10, tiny_imagenet, stl10, stl10_unlabeled, imagefolder,
+    imagenet_style)"""
     root: str = Field("./data", min_length=1)
     """data root; see each dataset's expected layout"""
     download: bool = False
@@ -46,7 +49,8 @@ class DataConfig(Config):
     cache_dir: str | None = None
     """decoded-array cache; default $CKTF_CACHE_DIR or ~/.cache/cktf"""
     image_size: int | None = Field(None, ge=8)
-    """decode side for imagefolder datasets (default: the first train image's side)"""
+    """decode side for imagefolder datasets (default: the first train image's side); the model's input side for
+    imagenet_style (default 224; stored at 8/7 of it)"""
     contrast_mode: Literal["exact", "relax"] = "exact"
     """CRD/CKTF positive: exact (the sample itself) or relax (a same-class sample)"""
     contrast_replace: bool | None = None
@@ -59,6 +63,14 @@ class DataConfig(Config):
     drop_labels: bool = False
     """use the images only (transfer learning, Section 3.2): every train target becomes -1, no validation split is
     held out, and contrastive negatives are drawn uniformly from the other images (never the anchor itself)"""
+    object_store_gb: float | None = Field(None, gt=0)
+    """imagenet_style: decode once when the decoded splits fit this many GB, else stream (default:
+    $CKTF_OBJECT_STORE_GB, else 30% of memory)"""
+    decode_workers: int | None = Field(None, ge=0)
+    """imagenet_style streaming: decoding processes per loader (default: the run's CPU threads, a trial's
+    resources.cpu, at most 8; 0 = in the run's process)"""
+    decode: Literal["cpu", "device"] = "cpu"
+    """imagenet_style streaming: decode JPEGs with PIL in the workers, or on the training device (torchvision.io)"""
 
     @model_validator(mode="after")
     def _check_data(self) -> DataConfig:
@@ -69,6 +81,14 @@ class DataConfig(Config):
                 f"{self.dataset} has a fixed input size ({spec.image_size})",
                 "drop it; it only applies to imagefolder datasets",
             )
+        if not streams(spec):
+            for name, unset in (("object_store_gb", None), ("decode_workers", None), ("decode", "cpu")):
+                if getattr(self, name) != unset:
+                    raise ConfigError(
+                        name,
+                        f"{self.dataset} is always decoded once (only imagenet_style data may stream)",
+                        "drop it",
+                    )
         return self
 
     def resolved_contrast_replace(self) -> bool:
@@ -76,6 +96,15 @@ class DataConfig(Config):
         if self.contrast_replace is not None:
             return bool(self.contrast_replace)
         return DATASETS.get(self.dataset).contrast_replace
+
+
+def streams(spec: DatasetSpec) -> bool:
+    """Whether the dataset's loader chooses between decoding once and streaming (it takes ``budget_bytes``:
+    ``imagenet_style``, :mod:`cktf.data.imagenet_style`)."""
+    try:
+        return "budget_bytes" in inspect.signature(spec.load).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: no budget
+        return False
 
 
 @dataclass
@@ -148,7 +177,9 @@ def holdout(targets: np.ndarray, fraction: float, rng: np.random.Generator) -> t
 
 
 def _materialise(ds: ArrayDataset, rows: np.ndarray | None = None) -> ArrayDataset:
-    """In-memory (not memory-mapped) copy of ``ds`` or of its ``rows``."""
+    """In-memory (not memory-mapped) copy of ``ds`` or of its ``rows`` (a streamed split keeps its file list)."""
+    if isinstance(ds, StreamDataset):
+        return ds if rows is None else ds.subset(rows)
     if rows is None:
         return ArrayDataset(np.array(ds.images), np.array(ds.targets, dtype=np.int64), list(ds.classes))
     return ArrayDataset(np.asarray(ds.images[rows]), np.asarray(ds.targets[rows], dtype=np.int64), list(ds.classes))
@@ -164,6 +195,8 @@ def load_splits(cfg: DataConfig, progress: bool = True) -> Splits:
     """
     spec = DATASETS.get(cfg.dataset)
     opts = dict(cache_dir=cfg.cache_dir, image_size=cfg.image_size, progress=progress)
+    if cfg.object_store_gb is not None and streams(spec):
+        opts["budget_bytes"] = int(cfg.object_store_gb * 1e9)  # decode once or stream (imagenet_style)
     train_full = spec.load(cfg.root, spec.train_split, cfg.download, **opts)
     test_full = spec.load(cfg.root, spec.test_split, cfg.download, **opts)
     if spec.resolve is not None:
@@ -191,6 +224,9 @@ def load_splits(cfg: DataConfig, progress: bool = True) -> Splits:
     test = _materialise(test_full, test_rows)
     if cfg.drop_labels:  # images only: nothing downstream can read a label
         unlabeled = np.full(len(train), UNLABELED, dtype=np.int64)
-        train = ArrayDataset(train.images, unlabeled, [])
+        if isinstance(train, StreamDataset):
+            train = train.with_targets(unlabeled)
+        else:
+            train = ArrayDataset(train.images, unlabeled, [])
         val = None
     return Splits(spec, train, val, test, contrast_replace=cfg.resolved_contrast_replace())

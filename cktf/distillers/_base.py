@@ -109,6 +109,8 @@ class LossTerm(nn.Module):
             raise ConfigError("teacher_checkpoint", f"{name} needs a teacher", "pass --teacher-ckpt PATH")
         self.cfg = cfg
         self.ctx = ctx
+        #: ``official``, or ``generalised`` where the term uses the generalised pairing (:mod:`.pairing`)
+        self.pairing = "official"
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The method's weighted loss terms (names become ``loss/<name>`` in the metrics)."""
@@ -216,6 +218,11 @@ class Distiller(nn.Module):
     def on_train_start(self) -> None:
         for t in self.terms.values():
             t.on_train_start(self.student)
+
+    def run_params(self) -> dict[str, str]:
+        """What a run logs about its distiller besides its config: ``<term>/pairing`` for every term (``official``,
+        or ``generalised`` for the extension of docs/models.md)."""
+        return {f"{name}/pairing": str(getattr(term, "pairing", "official")) for name, term in self.terms.items()}
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Student plus every term's adapters/heads, never the teacher (RepDistiller's ``trainable_list``)."""

@@ -5,6 +5,10 @@ RepDistiller ``distiller_zoo/AB.py`` (``ABLoss``), ``models/util.py`` (``Connect
 the connectors and the student's feature modules (not its classifier) are trained with ABLoss on the stage
 pre-activations (``preact=True``, ``feat[1:-1]``: our ``preact_feats[1:]``); the main stage is then CE only
 (upstream ``loss_kd = 0``, so the script's ``-b 1`` multiplies zero).
+
+Generalised pairing (an extension, docs/models.md; only for pairs :func:`~.pairing.may_generalise` allows): stage
+lists of unequal length pair by relative depth (:func:`~.pairing.depth_map`), and a stage ConvReg cannot map gets a
+:class:`~.adapters.ResizeReg` connector.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from ..models import DistillModel, DistillOutput
 from ..space import categorical, log_uniform
 from ._base import LOSS_TERMS, DistillContext, InitStage, LossTerm, Weight
 from .adapters import Connector, InitStageConfig, feature_modules
+from .pairing import GENERALISED, depth_map, may_generalise
 
 
 class ABConfig(InitStageConfig):
@@ -43,16 +48,25 @@ class AB(LossTerm):
         super().__init__(cfg, student, teacher, ctx)
         s_shapes = student.feature_shapes(ctx.image_size)[1:]
         t_shapes = teacher.feature_shapes(ctx.image_size)[1:]
-        pairs = zip(student.feature_info[1:], teacher.feature_info[1:])
-        names = [f"student {s.name} vs teacher {t.name}" for s, t in pairs]
+        generalise = may_generalise(student, teacher)
+        #: teacher stage (index into preact_feats) of each student stage; None: in order (official)
+        self.t_index: list[int] | None = None
+        if generalise and len(s_shapes) != len(t_shapes):
+            self.t_index = depth_map(len(s_shapes), len(t_shapes))
+            t_shapes = [t_shapes[j - 1] for j in self.t_index]
+        t_info = [teacher.feature_info[j] for j in self.t_index] if self.t_index else teacher.feature_info[1:]
+        names = [f"student {s.name} vs teacher {t.name}" for s, t in zip(student.feature_info[1:], t_info)]
         try:
-            self.connector = Connector(s_shapes, t_shapes, names)
+            self.connector = Connector(s_shapes, t_shapes, names, generalise=generalise)
         except ValueError as e:
             raise ConfigError("distiller", f"ab: {e}", "use a student and teacher with compatible stages") from None
+        if self.t_index is not None or self.connector.pairing == GENERALISED:
+            self.pairing = GENERALISED
         self.init_lr = cfg.init_lr or None  # None: the main stage's optim.lr (RepDistiller opt.learning_rate)
 
     def _loss(self, s: DistillOutput, t: DistillOutput) -> Tensor:
-        return sum(ab_loss(self.connector(s.preact_feats[1:]), t.preact_feats[1:], self.cfg.margin))
+        t_feats = [t.preact_feats[j] for j in self.t_index] if self.t_index else t.preact_feats[1:]
+        return sum(ab_loss(self.connector(s.preact_feats[1:]), t_feats, self.cfg.margin))
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None

@@ -4,6 +4,9 @@ Copied from RepDistiller ``models/util.py`` (``ConvReg``, ``LinearEmbed``, ``Con
 ``Translator``) and ``distiller_zoo/VID.py`` (the ``VIDLoss`` regressor and ``log_scale``), with the same layers,
 defaults and attribute names, so official state dicts load. Shapes are ``(C, H, W)`` from
 ``DistillModel.feature_shapes`` instead of a probing forward pass.
+
+:class:`ResizeReg` is not official: the generalised pairing's regressor for maps ``ConvReg`` cannot map
+(:mod:`cktf.distillers.pairing`, docs/models.md), chosen by :func:`build_regressor` only when the pair allows it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from pydantic import model_validator
 from torch import Tensor, nn
 
@@ -18,6 +22,7 @@ from ..errors import ConfigError
 from ..losses import vid_init_log_scale
 from ..models import DistillModel
 from ._base import TermConfig
+from .pairing import GENERALISED, OFFICIAL
 
 Shape = Sequence[int]  # (C, H, W)
 
@@ -49,6 +54,45 @@ class ConvReg(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.bn(self.conv(x))
         return torch.relu(x) if self.use_relu else x
+
+
+def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """``x`` at spatial ``size``: adaptive average pooling when shrinking, bilinear interpolation when enlarging."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class ResizeReg(nn.Module):
+    """The generalised pairing's regressor (an extension, docs/models.md): the student map resized to the teacher's
+    side (:func:`resize_to`), then a 1x1 conv + BN (+ ReLU) onto the teacher's channels."""
+
+    def __init__(self, s_shape: Shape, t_shape: Shape, use_relu: bool = True):
+        super().__init__()
+        (s_c, _, _), (t_c, t_h, t_w) = s_shape[-3:], t_shape[-3:]
+        self.size = (int(t_h), int(t_w))
+        self.conv = nn.Conv2d(s_c, t_c, kernel_size=1)
+        self.bn = nn.BatchNorm2d(t_c)
+        self.use_relu = use_relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.bn(self.conv(resize_to(x, self.size)))
+        return torch.relu(x) if self.use_relu else x
+
+
+def build_regressor(
+    s_shape: Shape, t_shape: Shape, use_relu: bool = True, generalise: bool = False
+) -> tuple[nn.Module, str]:
+    """``(ConvReg, "official")``, or, when ConvReg cannot map the shapes and ``generalise`` (the pair allows the
+    generalised pairing), ``(ResizeReg, "generalised")``; otherwise ConvReg's ``ValueError``."""
+    try:
+        return ConvReg(s_shape, t_shape, use_relu), OFFICIAL
+    except ValueError:
+        if not generalise:
+            raise
+        return ResizeReg(s_shape, t_shape, use_relu), GENERALISED
 
 
 class LinearEmbed(nn.Module):
@@ -88,16 +132,29 @@ class Connector(nn.Module):
     """AB's connectors (RepDistiller ``Connector``): identity where channels and height match, else ConvReg, no ReLU.
 
     ``names`` label the layers in the ``ValueError`` raised for unequal lengths or a shape ConvReg cannot map.
+    ``generalise``: a shape ConvReg cannot map gets a :class:`ResizeReg` instead (the generalised pairing; then
+    ``pairing`` is ``"generalised"``).
     """
 
-    def __init__(self, s_shapes: Sequence[Shape], t_shapes: Sequence[Shape], names: Sequence[str] = ()):
+    def __init__(
+        self,
+        s_shapes: Sequence[Shape],
+        t_shapes: Sequence[Shape],
+        names: Sequence[str] = (),
+        generalise: bool = False,
+    ):
         super().__init__()
         if len(s_shapes) != len(t_shapes):
             raise ValueError(f"unequal numbers of layers: student {len(s_shapes)}, teacher {len(t_shapes)}")
         self.connectors = nn.ModuleList()
+        self.pairing = OFFICIAL
         for i, (s, t) in enumerate(zip(s_shapes, t_shapes)):
             try:
-                conn = nn.Sequential() if s[0] == t[0] and s[1] == t[1] else ConvReg(s, t, use_relu=False)
+                if s[0] == t[0] and s[1] == t[1]:
+                    conn: nn.Module = nn.Sequential()
+                else:
+                    conn, how = build_regressor(s, t, use_relu=False, generalise=generalise)
+                    self.pairing = GENERALISED if how == GENERALISED else self.pairing
             except ValueError as e:
                 raise ValueError(f"{names[i] if i < len(names) else f'layer {i}'}: {e}") from None
             self.connectors.append(conn)
@@ -173,6 +230,14 @@ class InitStageConfig(TermConfig):
 
 
 def feature_modules(student: DistillModel) -> list[nn.Module]:
-    """The student's children except the one holding the classifier (RepDistiller ``model.get_feat_modules()``)."""
+    """The student's children except the one holding the classifier (RepDistiller ``model.get_feat_modules()``).
+
+    A wrapper whose one child holds everything (a library model's ``HookedModel.model``) is looked through, so its
+    library modules are the children.
+    """
     head = student.classifier_module()
-    return [m for m in student.children() if not any(sub is head for sub in m.modules())]
+    root: nn.Module = student
+    kids = list(root.children())
+    while len(kids) == 1 and kids[0] is not head:
+        root, kids = kids[0], list(kids[0].children())
+    return [m for m in kids if not any(sub is head for sub in m.modules())]

@@ -50,6 +50,15 @@ Where paper, code and this implementation differ:
 * **Random mapping** draws from a ``torch.Generator`` owned by the term (seeded from the global RNG when built, so
   reproducible per run seed, and saved in the state dict) instead of Python's global ``random.randint``.
 * The contrast block (heads, stage pairs, scores) runs in fp32 with autocast off.
+
+**Generalised pairing** (an extension, not in the paper or the official code; docs/models.md and
+:mod:`.pairing`): a pair across families with a library or user model (``tv:resnet18`` -> ``tv:mobilenet_v3_small``,
+a zoo model with a torchvision one) has no official behaviour. For it, and only for it (``pairing`` is then
+``generalised``, logged as ``cktf/pairing``), each of the ``n_s`` student stages is paired with the teacher stage at
+the same relative depth (:func:`~.pairing.depth_map`), each side is pooled by its own model's pooling, every critic's
+two heads take the widths of its own two features (no zero-padding; the stem too), and the teacher block is chosen
+by :func:`~cktf.losses.select_stage_pair_generalised`. Pairs within one family, and every pair of the zoo, keep the
+official path above, refusals included.
 """
 
 from __future__ import annotations
@@ -62,11 +71,12 @@ from pydantic import field_validator, model_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..losses import MAPPINGS, select_stage_pair
+from ..losses import MAPPINGS, select_stage_pair, select_stage_pair_generalised
 from ..models import DistillModel, DistillOutput
 from ..space import categorical, log_uniform, uniform
 from ._base import LOSS_TERMS, DistillContext, LossTerm, TermConfig, Weight
 from .crd import ContrastModule, Scoring, check_contrast_batch, validate_contrast_fields
+from .pairing import GENERALISED, OFFICIAL, depth_map, may_generalise
 
 #: official ``--st_method`` names accepted as aliases
 MAPPING_ALIASES = {"largest": "max_cos", "smallest": "min_cos"}
@@ -232,6 +242,20 @@ def cktf_head_dims(student: DistillModel, teacher: DistillModel, image_size: int
     return dims
 
 
+def generalised_head_dims(
+    student: DistillModel, teacher: DistillModel, image_size: int
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """The generalised pairing's critics (an extension, docs/models.md): ``(s_dim, t_dim)`` of the stem and of every
+    student stage, each side pooled by its own model's pooling, and the teacher stage (1-based) of each student stage
+    (:func:`~.pairing.depth_map`)."""
+    s_shapes, t_shapes = student.feature_shapes(image_size), teacher.feature_shapes(image_size)
+    ps, pt = FamilyPool(student.feature_pool), FamilyPool(teacher.feature_pool)
+    t_stage = depth_map(len(s_shapes) - 1, len(t_shapes) - 1)
+    dims = [(_pooled_dim(ps, s_shapes[0]), _pooled_dim(pt, t_shapes[0]))]
+    dims += [(_pooled_dim(ps, s_shapes[k]), _pooled_dim(pt, t_shapes[j])) for k, j in enumerate(t_stage, 1)]
+    return dims, t_stage
+
+
 @LOSS_TERMS.register("cktf", summary="CKTF: a CRD critic per intermediate module (stem, stages) plus the final one")
 class CKTF(LossTerm):
     """Contrastive knowledge transfer over every intermediate module plus the penultimate features (Eq. 1).
@@ -259,17 +283,23 @@ class CKTF(LossTerm):
     def __init__(self, cfg: CKTFConfig, student: DistillModel, teacher: DistillModel | None, ctx: DistillContext):
         super().__init__(cfg, student, teacher, ctx)
         self.cfg: CKTFConfig = cfg
-        dims = cktf_head_dims(student, teacher, ctx.image_size)
+        self.pairing = GENERALISED if may_generalise(student, teacher) else OFFICIAL
+        if self.pairing == OFFICIAL:
+            pairs = [(d, d) for d in cktf_head_dims(student, teacher, ctx.image_size)]
+            self.t_stage = list(range(1, len(pairs)))
+            self.pool = self.pool_t = FamilyPool(student.feature_pool)  # ST.determine_avgpool(model_s)
+        else:
+            pairs, self.t_stage = generalised_head_dims(student, teacher, ctx.image_size)
+            self.pool, self.pool_t = FamilyPool(student.feature_pool), FamilyPool(teacher.feature_pool)
         self.tau = resolve_tau(cfg.tau, ctx.image_size)
         self.n_data = int(ctx.num_train_samples)
-        self.n_stages = len(dims) - 1
-        self.pool = FamilyPool(student.feature_pool)  # ST.determine_avgpool(model_s)
+        self.n_stages = len(pairs) - 1
 
         def critic(s_dim: int, t_dim: int) -> ContrastModule:
             return ContrastModule(s_dim, t_dim, cfg.feat_dim, self.n_data, cfg.nce_m, cfg.head, cfg.scoring)
 
-        critics = {"stem": critic(dims[0], dims[0])}
-        critics.update({f"stage{k}": critic(dims[k], dims[k]) for k in range(1, self.n_stages + 1)})
+        critics = {"stem": critic(*pairs[0])}
+        critics.update({f"stage{k}": critic(*pairs[k]) for k in range(1, self.n_stages + 1)})
         critics["final"] = critic(student.num_features, teacher.num_features)
         self.critics = nn.ModuleDict(critics)
         # drawn after the critics so the mapping never changes their initialisation
@@ -302,16 +332,17 @@ class CKTF(LossTerm):
         losses: dict[str, Tensor] = {}
         choices = []
         with torch.autocast(device_type=s.pooled.device.type, enabled=False):
-            stem_s, stem_t = self.pool(s.feats[0].float()), self.pool(t.feats[0].detach().float())
+            stem_s, stem_t = self.pool(s.feats[0].float()), self.pool_t(t.feats[0].detach().float())
             losses["cktf_stem"] = a1 * self.critics["stem"](stem_s, stem_t, index, contrast_idx, tau)
-            for k in range(1, self.n_stages + 1):
-                f_s, f_t, j_star = select_stage_pair(
-                    s.stage_blocks[k - 1][-1].float(),
-                    [b.detach().float() for b in t.stage_blocks[k - 1]],
-                    self.cfg.mapping,
-                    self.pool,
-                    generator,
-                )
+            for k, j in enumerate(self.t_stage, 1):
+                s_last = s.stage_blocks[k - 1][-1].float()
+                t_blocks = [b.detach().float() for b in t.stage_blocks[j - 1]]
+                if self.pairing == OFFICIAL:
+                    f_s, f_t, j_star = select_stage_pair(s_last, t_blocks, self.cfg.mapping, self.pool, generator)
+                else:
+                    f_s, f_t, j_star = select_stage_pair_generalised(
+                        s_last, t_blocks, self.cfg.mapping, self.pool, self.pool_t, generator
+                    )
                 choices.append(j_star)
                 losses[f"cktf_stage{k}"] = a1 * self.critics[f"stage{k}"](f_s, f_t, index, contrast_idx, tau)
             losses["cktf_final"] = a2 * self.critics["final"](s.pooled, t.pooled, index, contrast_idx, tau)

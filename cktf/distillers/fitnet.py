@@ -15,7 +15,8 @@ from ..losses import hint_loss
 from ..models import DistillModel, DistillOutput
 from ..space import log_uniform
 from ._base import LOSS_TERMS, DistillContext, LossTerm, TermConfig, Weight
-from .adapters import ConvReg
+from .adapters import build_regressor
+from .pairing import may_generalise
 
 
 class FitNetConfig(TermConfig):
@@ -43,8 +44,8 @@ class FitNet(LossTerm):
         self.layer = cfg.hint_layer
         s_shape = student.feature_shapes(ctx.image_size)[self.layer]
         t_shape = teacher.feature_shapes(ctx.image_size)[self.layer]
-        try:
-            self.regressor = ConvReg(s_shape, t_shape)
+        try:  # ConvReg; a ResizeReg only for a shape it cannot map in a generalised pair (docs/models.md)
+            self.regressor, self.pairing = build_regressor(s_shape, t_shape, True, may_generalise(student, teacher))
         except ValueError as e:
             s_name, t_name = student.feature_info[self.layer].name, teacher.feature_info[self.layer].name
             raise ConfigError(

@@ -25,7 +25,14 @@ from .feature import (
 from .heads import Embed, MLPEmbed, PadEmbed, l2_normalize
 from .nce_fused import dense_is_cheaper, fused_nce
 from .relational import cc_loss, pkt_loss, rkd_loss, rkd_pdist, sp_loss
-from .stage_pairs import MAPPINGS, pad_channels, select_stage_pair, whole_tensor_cosine
+from .stage_pairs import (
+    MAPPINGS,
+    pad_channels,
+    select_stage_pair,
+    select_stage_pair_generalised,
+    to_common_shape,
+    whole_tensor_cosine,
+)
 
 __all__ = [
     "MAPPINGS",
@@ -56,7 +63,9 @@ __all__ = [
     "rkd_loss",
     "rkd_pdist",
     "select_stage_pair",
+    "select_stage_pair_generalised",
     "sp_loss",
+    "to_common_shape",
     "vid_init_log_scale",
     "vid_loss",
     "whole_tensor_cosine",

@@ -14,6 +14,9 @@ ICASSP 2023); code: CKTF ``distiller_zoo/ST.py`` (``st_loss_each_group``); docs/
 * What is pooled and returned for the student is the **normalised and padded** tensor; the teacher's is its
   normalised block ``j*``. Both are then ``flatten(pool(.))``, with the pooling the model family uses
   (``AvgPool2d(8)`` for CIFAR ResNet/WRN, global average for VGG/ResNet-v2).
+
+:func:`select_stage_pair_generalised` is not official: the generalised pairing of docs/models.md (an extension) for
+stages of different shapes, used only for pairs across families that include a library or user model.
 """
 
 from __future__ import annotations
@@ -99,17 +102,32 @@ def select_stage_pair(
                 f"{tuple(t.shape)}: CKTF zero-pads (Ct-Cs)//2 channels per side, so the channel "
                 "difference must be even and batch/spatial sizes equal"
             )
-    n = len(teacher_blocks)
-    s_k = pool(s)
+    return _choose(s, teacher_blocks, mapping, pool, pool, whole_tensor_cosine, generator)
+
+
+def _choose(
+    s: Tensor,
+    blocks: Sequence[Tensor],
+    mapping: str,
+    student_pool: Callable[[Tensor], Tensor],
+    teacher_pool: Callable[[Tensor], Tensor],
+    cosine: Callable[[Tensor, Tensor], Tensor],
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, int | Tensor]:
+    """The five mappings over candidate ``blocks`` for the batch-normalised student block ``s``: ``first``, ``last``,
+    ``random``, or the block of highest / lowest ``cosine`` (ties to the highest index, chosen on the device and not
+    differentiated). Returns the flattened pooled pair and the index chosen."""
+    n = len(blocks)
+    s_k = student_pool(s)
     s_k = s_k.reshape(s_k.shape[0], -1)
     if mapping in ("max_cos", "min_cos"):
-        t_norm = [normalize_over_batch(t) for t in teacher_blocks]
+        t_norm = [normalize_over_batch(t) for t in blocks]
         with torch.no_grad():
-            cos = torch.stack([whole_tensor_cosine(s, t) for t in t_norm])
+            cos = torch.stack([cosine(s, t) for t in t_norm])
             # arg-best of the reversed list = the highest index among ties
             rev = cos.flip(0).argmax() if mapping == "max_cos" else cos.flip(0).argmin()
             j_star: int | Tensor = (n - 1) - rev
-        pooled = torch.stack([pool(t).reshape(t.shape[0], -1) for t in t_norm])
+        pooled = torch.stack([teacher_pool(t).reshape(t.shape[0], -1) for t in t_norm])
         return s_k, pooled.index_select(0, j_star.reshape(1)).squeeze(0), j_star
     if mapping == "first":
         j_star = 0
@@ -118,5 +136,60 @@ def select_stage_pair(
     else:
         device = generator.device if generator is not None else None
         j_star = int(torch.randint(n, (1,), generator=generator, device=device).item())
-    t_k = pool(normalize_over_batch(teacher_blocks[j_star]))
+    t_k = teacher_pool(normalize_over_batch(blocks[j_star]))
     return s_k, t_k.reshape(t_k.shape[0], -1), j_star
+
+
+# ------------------------------------------------------------------------------ generalised pairing (an extension)
+def to_common_shape(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """``a`` and ``b`` brought to one shape to be compared: the larger map average-pooled to the smaller's side, the
+    narrower one zero-padded on channels (half each side, the odd one at the end). Not in the official code."""
+    h, w = min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3])
+    if tuple(a.shape[2:]) != (h, w):
+        a = F.adaptive_avg_pool2d(a, (h, w))
+    if tuple(b.shape[2:]) != (h, w):
+        b = F.adaptive_avg_pool2d(b, (h, w))
+    c = max(a.shape[1], b.shape[1])
+
+    def pad(x: Tensor) -> Tensor:
+        d = c - x.shape[1]
+        return F.pad(x, (0, 0, 0, 0, d // 2, d - d // 2)) if d else x
+
+    return pad(a), pad(b)
+
+
+def select_stage_pair_generalised(
+    student_last_block: Tensor,
+    teacher_blocks: Sequence[Tensor],
+    mapping: str,
+    student_pool: Callable[[Tensor], Tensor],
+    teacher_pool: Callable[[Tensor], Tensor],
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, int | Tensor]:
+    """:func:`select_stage_pair` for a student and teacher stage of different shapes (the generalised pairing of
+    docs/models.md, an extension: not in the paper or the official code).
+
+    As the official selection: both sides are normalised over the batch (``dim=0``), the mappings are the same five
+    (ties of the cosine mappings to the highest index) and the choice is not differentiated. Unlike it: the student is
+    not padded; the candidates are the teacher blocks shaped like the stage's last block; the cosine of the cosine
+    mappings is taken after :func:`to_common_shape`; and each side is pooled by its own model's pooling, so the
+    critic's heads take inputs of two widths.
+
+    Returns:
+        ``s_k = flatten(student_pool(normalize(s)))``, ``t_k = flatten(teacher_pool(normalize(t_j*)))`` and ``j_star``
+        (an index into the candidates).
+    """
+    if len(teacher_blocks) == 0:
+        raise ValueError("teacher_blocks is empty")
+    mapping = _canonical(mapping)
+    blocks = [t for t in teacher_blocks if t.shape == teacher_blocks[-1].shape]
+    s = normalize_over_batch(student_last_block)
+    return _choose(
+        s,
+        blocks,
+        mapping,
+        student_pool,
+        teacher_pool,
+        lambda a, b: whole_tensor_cosine(*to_common_shape(a, b)),
+        generator,
+    )

@@ -64,6 +64,15 @@ class DistillModel(nn.Module):
     feature_pool: str = "global"
     #: False where the official CKTF code has no stage features (MobileNetV2, ShuffleNet)
     cktf_official: bool = True
+    #: where the model comes from: ``""`` for the zoo, else ``tv:NAME``, ``timm:NAME`` or ``module:pkg.mod:factory``
+    #: (docs/models.md)
+    source: str = ""
+    #: the family CKTF's official pairing stays within; ``""``: the zoo class (:meth:`family_name`)
+    family: str = ""
+
+    def family_name(self) -> str:
+        """The model's family: ``family`` when set (library models: ``tv:resnet``), else ``zoo:<class>``."""
+        return self.family or f"zoo:{type(self).__name__}"
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

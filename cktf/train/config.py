@@ -123,7 +123,12 @@ class RunConfig(Config):
     """One training run: teacher training (distiller ``ce``, no teacher) or student distillation."""
 
     student: str = "resnet20"
-    """model trained by this run"""
+    """model trained by this run: a zoo name or tv:NAME, timm:NAME, module:pkg.mod:factory (docs/models.md)"""
+    student_weights: str | None = None
+    """initial weights of that model: a local .safetensors/.pth (read weights-only) or the library's named weights
+    (DEFAULT, IMAGENET1K_V2, ...) from its cache (docs/models.md)"""
+    download: bool = False
+    """fetch library weights the cache lacks (nothing is downloaded otherwise)"""
     distiller: str = "ce"
     """a name from ``cktf distillers``"""
     distill_params: dict[str, Any] = Field(default_factory=dict)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import DATASETS, BatchLoader, ContrastConfig, Splits, load_splits
+from ..data import DATASETS, BatchLoader, ContrastConfig, Splits, load_splits, make_loader
 from ..distillers import DistillContext, Distiller, objective
 from ..errors import ConfigError
 from ..models import MODELS, DistillModel, create_model
@@ -47,6 +47,9 @@ RESUMABLE_CHANGES = {
     "out_dir",
     "teacher_checkpoint",
     "train.allow_long",
+    "download",  # where library weights come from, not what they are
+    "data.object_store_gb",  # decoded once or streamed: the same tensors (docs/models.md)
+    "data.decode_workers",
 }
 
 
@@ -86,6 +89,8 @@ def validate_names(cfg: RunConfig, image_size: int | None = None, teacher_arch: 
     method = objective(cfg.distiller)
     method.parse(cfg.distill_params, size or 32)
     check_arch(cfg.student, size, "student")
+    if cfg.student_weights:
+        check_weights_file(cfg.student_weights, "student_weights")
     if method.needs_teacher and teacher_arch is not None:
         check_arch(teacher_arch, size, "teacher")
     elif method.needs_teacher:
@@ -109,6 +114,24 @@ def check_arch(name: str, size: int, field: str) -> None:
         raise ConfigError(field, f"{name}: {exc}", "pick a model built for this dataset's image size") from None
 
 
+def check_weights_file(weights: str, field: str) -> None:
+    """A ``weights`` value that names a file must exist (a library tag is checked when the model is built)."""
+    from ..models.sources.weights import is_weights_file
+
+    if is_weights_file(weights) and not Path(weights).expanduser().is_file():
+        raise ConfigError(field, f"no such weights file: {weights}", "pass a local .safetensors or .pth file")
+
+
+def build_student(cfg: RunConfig, num_classes: int) -> DistillModel:
+    """The run's student, randomly initialised (seeded by the caller) or from ``cfg.student_weights``."""
+    from ..models.sources import load_weights
+
+    student = create_model(cfg.student, num_classes=num_classes)
+    if cfg.student_weights:
+        load_weights(student, cfg.student_weights, cfg.download, field="student_weights")
+    return student
+
+
 def _check_resume(cfg: RunConfig, out: Path) -> bool:
     """True when out_dir holds a resumable run of the same config; refuses to overwrite another run."""
     saved = out / "config.json"
@@ -116,7 +139,12 @@ def _check_resume(cfg: RunConfig, out: Path) -> bool:
         return False
     from .callbacks import flatten
 
-    old, new = flatten(json.loads(saved.read_text())), flatten(cfg.to_dict())
+    raw = json.loads(saved.read_text())
+    try:  # fields added to the config since that run was written are at their defaults in it
+        raw = RunConfig.parse(raw, "out_dir/config.json").to_dict()
+    except ConfigError:
+        pass
+    old, new = flatten(raw), flatten(cfg.to_dict())
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if diff:
         raise ConfigError(
@@ -174,7 +202,7 @@ def prepare_run(
         # no labels (transfer, Section 3.2): the student's head mirrors the teacher's (official: 200-way)
         num_classes = teacher.num_classes
     seed_everything(cfg.train.seed)  # the student's initialisation does not depend on how the teacher came
-    student = create_model(cfg.student, num_classes=num_classes)
+    student = build_student(cfg, num_classes)
     ctx = DistillContext(num_classes=num_classes, num_train_samples=len(splits.train), image_size=splits.image_size)
     distiller = method.build(student, teacher, cfg.distill_params, ctx)
     if distiller.gamma > 0 and not splits.train.labeled:
@@ -190,6 +218,14 @@ def prepare_run(
     return Prepared(cfg, splits, distiller, device)
 
 
+def decode_workers(cfg: RunConfig) -> int:
+    """Decoding processes of a streamed split's loader: ``data.decode_workers``, else this process's torch threads
+    (a trial's ``resources.cpu``: the trainable sets them), at most 8."""
+    if cfg.data.decode_workers is not None:
+        return cfg.data.decode_workers
+    return max(1, min(8, torch.get_num_threads()))
+
+
 def _loaders(p: Prepared) -> tuple[BatchLoader, BatchLoader | None, BatchLoader]:
     cfg, spec = p.cfg, p.splits.spec
     k = p.distiller.contrast_negatives()
@@ -199,14 +235,19 @@ def _loaders(p: Prepared) -> tuple[BatchLoader, BatchLoader | None, BatchLoader]
             k=k, mode=cfg.data.contrast_mode, draw=cfg.data.contrast_draw, replace=p.splits.contrast_replace
         )
     common = dict(
-        spec=spec, device=p.device, channels_last=cfg.train.channels_last, memory_share=cfg.train.gpu_memory_share
+        spec=spec,
+        device=p.device,
+        channels_last=cfg.train.channels_last,
+        memory_share=cfg.train.gpu_memory_share,
+        workers=decode_workers(cfg),  # these two apply to streamed splits only (make_loader)
+        decode=cfg.data.decode,
     )
-    train = BatchLoader(
+    train = make_loader(
         p.splits.train, batch_size=cfg.train.batch_size, train=True, seed=cfg.train.seed, contrast=contrast, **common
     )
     ev = dict(batch_size=cfg.train.eval_batch_size, train=False, **common)
-    val = BatchLoader(p.splits.val, **ev) if p.splits.val is not None and len(p.splits.val) else None
-    test = BatchLoader(p.splits.test, **ev)
+    val = make_loader(p.splits.val, **ev) if p.splits.val is not None and len(p.splits.val) else None
+    test = make_loader(p.splits.test, **ev)
     return train, val, test
 
 
@@ -277,6 +318,7 @@ def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         "num_test": len(p.splits.test),
         "device": str(device),
         "student_params": sum(x.numel() for x in distiller.student.parameters()),
+        **distiller.run_params(),  # <term>/pairing: official | generalised (docs/models.md)
     }
     try:
         for cb in callbacks:

@@ -58,7 +58,16 @@ class TeacherSpec(Config):
     checkpoint: str | None = None
     """a .safetensors written by cktf (its architecture is in the header)"""
     arch: str | None = None
-    """trained once on the study's train split (or teacher.data) when no checkpoint is given"""
+    """trained once on the study's train split (or teacher.data) when no checkpoint is given: a zoo name or a
+    library or user model (tv:NAME, timm:NAME, module:pkg.mod:factory; docs/models.md)"""
+    weights: str | None = None
+    """with arch: start from these weights: a local .safetensors/.pth (read weights-only) or the library's named
+    weights (tv: DEFAULT, IMAGENET1K_V2; timm: DEFAULT or a tag), from its cache (docs/models.md)"""
+    download: bool = False
+    """fetch library weights the cache lacks (nothing is downloaded otherwise)"""
+    finetune: bool = False
+    """with weights: train the teacher from them with this section's recipe; false: use them as they are (their
+    class count must be the data's)"""
     optim: OptimConfig = Field(default_factory=OptimConfig)
     """the teacher's optimiser (paper recipe by default)"""
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -67,6 +76,18 @@ class TeacherSpec(Config):
     """the source domain (transfer studies); default: the study's data"""
     resources: ResourceSpec | None = None
     """the teacher task's resources; default: a whole GPU where trials get GPUs, else every CPU of a node"""
+
+    @model_validator(mode="after")
+    def _weights(self) -> TeacherSpec:
+        if self.weights and self.checkpoint:
+            raise ConfigError("weights", "teacher.checkpoint carries its own weights", "drop one of the two")
+        if self.weights and not self.arch:
+            raise ConfigError(
+                "weights", "needs teacher.arch", "name the weights' architecture, e.g. teacher.arch: tv:resnet50"
+            )
+        if self.finetune and not self.weights:
+            raise ConfigError("finetune", "needs teacher.weights", "drop it, or give the weights to start from")
+        return self
 
 
 class ProbeSpec(Config):
@@ -167,7 +188,10 @@ class StudyConfig(Config):
     """modules imported before the study is checked and in every trial: your own methods, models or datasets,
     which register themselves on import (e.g. my_lab.methods)"""
     student: str
-    """the student architecture (cktf models)"""
+    """the student architecture: a zoo name (cktf models) or a library or user model (tv:NAME, timm:NAME,
+    module:pkg.mod:factory; docs/models.md)"""
+    student_weights: str | None = None
+    """initial weights of the student (a local file or the library's tag, from its cache; docs/models.md)"""
     distiller: str
     """a method, preset or combination (cktf distillers)"""
     data: DataConfig = Field(default_factory=DataConfig)
@@ -394,7 +418,8 @@ def _check_transfer(cfg: StudyConfig) -> None:
         raise ConfigError("probe.data", "the probe trains on labels", "point it at the target's labeled split")
     if not metric.startswith("probe_"):
         raise ConfigError("search.metric", f"{metric!r} is not measured in a transfer study", "use probe_val_acc")
-    if cfg.teacher.arch and cfg.teacher.data is None and cfg.unlabeled:
+    trained = cfg.teacher.arch and not (cfg.teacher.weights and not cfg.teacher.finetune)  # else used as it is
+    if trained and cfg.teacher.data is None and cfg.unlabeled:
         raise ConfigError("teacher.data", "a teacher cannot be trained on unlabeled images", "give the source data")
 
 

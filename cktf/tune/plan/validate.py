@@ -10,6 +10,7 @@ Nothing here starts Ray or trains.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from ...data import Splits, load_splits
-from ...distillers import DistillContext
+from ...distillers import DistillContext, Distiller
 from ...errors import ConfigError
 from ...models import create_model
 from ...space import ParamSpec
@@ -41,6 +42,10 @@ class StudyPlan:
     baseline: Mapping[str, Any]
     metrics: tuple[str, ...]  # what every trial reports each epoch (the selection metric is one of them)
     selection: str  # BEST_EPOCH or LAST_EPOCH
+    #: what every trial's distiller says about itself besides its config (``<term>/pairing``: official |
+    #: generalised, docs/models.md), from the dry step: the pairing depends on the pair and the method, never on a
+    #: searched value; logged on the MLflow parent run and every child run
+    run_params: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def num_trials(self) -> int:
@@ -64,9 +69,10 @@ def plan_study(cfg: StudyConfig, progress: bool = True) -> StudyPlan:
         probe_splits = load_splits(cfg.probe.data, progress=progress)
         if not probe_splits.train.labeled:
             raise ConfigError("probe.data", "its train split has no labels", "point it at the labeled target split")
+    check_weights(cfg, splits)
     space = cfg.space
     baseline = baseline_point(cfg, size)
-    losses = dry_step(cfg, splits, teacher_arch, baseline)
+    distiller, losses = dry_build(cfg, splits, teacher_arch, baseline)
     metrics = epoch_metric_names(
         losses,
         train_acc=_gamma(cfg, baseline, size) > 0,
@@ -87,7 +93,38 @@ def plan_study(cfg: StudyConfig, progress: bool = True) -> StudyPlan:
         baseline=baseline,
         metrics=metrics,
         selection=LAST_EPOCH if cfg.probe is not None else BEST_EPOCH,
+        run_params=distiller.run_params(),
     )
+
+
+def teacher_classes(cfg: StudyConfig, splits: Splits) -> int | None:
+    """The class count a teacher used as its weights come (``teacher.weights`` without ``finetune``) must have:
+    the data's when the study's data is labeled (logits are compared), else ``None`` (the weights' own; the student's
+    head mirrors it, Section 3.2)."""
+    return splits.num_classes if splits.train.labeled else None
+
+
+def check_weights(cfg: StudyConfig, splits: Splits) -> None:
+    """The teacher's and the student's weights load here, on the driver, before Ray starts: a missing file, weights
+    the library's cache lacks (fetched now with ``teacher.download``), keys that do not fit, or a teacher used as
+    it is with another class count than the data's, is a :class:`ConfigError` on ``teacher.weights`` or
+    ``student_weights``."""
+    from ...models.sources import load_weights, pretrained_model
+
+    t = cfg.teacher
+    if t.arch and t.weights and cfg.objective.needs_teacher:
+        if t.finetune:
+            load_weights(
+                create_model(t.arch, num_classes=splits.num_classes or 1),
+                t.weights,
+                t.download,
+                field="teacher.weights",
+            )
+        else:
+            pretrained_model(t.arch, t.weights, teacher_classes(cfg, splits), t.download, field="teacher.weights")
+    if cfg.student_weights:
+        n = splits.num_classes or 1
+        load_weights(create_model(cfg.student, num_classes=n), cfg.student_weights, field="student_weights")
 
 
 def _method_point(baseline: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,6 +157,14 @@ def dry_step(
     """Build the baseline trial's distiller on freshly initialised models and run one forward step on two random
     images; returns the names of the loss terms it reports. Pair errors (FSP channel mismatches, VGG vs ResNet stage
     pairings, adapters that cannot map a shape) surface here as a :class:`ConfigError` on ``distiller``."""
+    return dry_build(cfg, splits, teacher_arch, baseline)[1]
+
+
+def dry_build(
+    cfg: StudyConfig, splits: Splits, teacher_arch: str | None, baseline: Mapping[str, Any]
+) -> tuple[Distiller, tuple[str, ...]]:
+    """:func:`dry_step`, also returning the distiller it built (its :meth:`~cktf.distillers.Distiller.run_params`
+    are every trial's)."""
     num_classes = splits.num_classes
     size = splits.image_size
     student = create_model(cfg.student, num_classes=num_classes)
@@ -146,7 +191,7 @@ def dry_step(
         raise ConfigError(
             "distiller", f"{cfg.distiller} cannot pair teacher {teacher_arch} with student {cfg.student}: {exc}"
         ) from None
-    return tuple(out.losses)
+    return distiller, tuple(out.losses)
 
 
 def check_negatives(cfg: StudyConfig, splits: Splits, space: Mapping[str, ParamSpec], baseline: Mapping[str, Any]):

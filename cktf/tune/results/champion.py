@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,24 @@ def split_datasets(splits: Any, data_cfg: Any, probe: Any = None) -> list[dict[s
         ds = getattr(splits, split)
         if ds is None:
             continue
-        images, targets = np.ascontiguousarray(ds.images), np.ascontiguousarray(ds.targets)
+        targets = np.ascontiguousarray(ds.targets)
+        if hasattr(ds, "images"):
+            images = np.ascontiguousarray(ds.images)
+            digest, side = _digest(images, targets), int(images.shape[1])
+        else:  # a streamed split: its files (path, size, mtime) stand for the pixels
+            h = hashlib.blake2b(digest_size=8)
+            for path in ds.files:
+                st = os.stat(path)
+                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(memoryview(targets).cast("B"))
+            digest, side = h.hexdigest(), int(ds.side)
         out.append(
             {
                 "name": f"{name}/{split}",
-                "digest": _digest(images, targets),
+                "digest": digest,
                 "source": f"{root}#{name}/{split}",
                 "context": context,
-                "profile": {"num_rows": len(ds), "image_size": int(images.shape[1]), "classes": splits.num_classes},
+                "profile": {"num_rows": len(ds), "image_size": side, "classes": splits.num_classes},
             }
         )
     return out

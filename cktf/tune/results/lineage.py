@@ -5,7 +5,9 @@
 * :class:`MLflowStudyCallback` -- writes the trial index (:mod:`.reader`) and one child run per
   trial found again by its ``cktf.trial_id`` tag, so a resumed or retried trial logs into the same
   run. Only the whitelisted metrics go to MLflow (``step = epoch``); the final status is FINISHED
-  (ran ``max_t`` epochs), KILLED with tag ``cktf.status=pruned`` (ASHA stopped it) or FAILED.
+  (ran ``max_t`` epochs), KILLED with tag ``cktf.status=pruned`` (ASHA stopped it) or FAILED. The study's run
+  params (the ``StudyPlan``'s, from its dry step, kept in the study's state: ``<term>/pairing`` official |
+  generalised, docs/models.md) are params of every child run and of the parent run.
 
 The trial index is written whatever MLflow does; MLflow calls go through :class:`~.tracking.Tracking`, which
 retries through a server restart and, while the server stays down, skips them: when it answers again the
@@ -34,6 +36,7 @@ from .reader import (
     RUNNING,
     SEARCH,
     TrialIndex,
+    read_state,
     select_epoch,
     wanted_metrics,
 )
@@ -151,9 +154,35 @@ class MLflowStudyCallback(Callback):
         self.budget_s = float(budget_s)
         self._client = None
         self._logged: dict[str, set[int]] = {}  # per trial, the epochs its MLflow run already holds
+        self._run_params: dict[str, str] | None = None  # the study's run params, read from its state once
+        self._parent_params_done = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_logged": {}}
+        return {**self.__dict__, "_client": None, "_logged": {}, "_run_params": None, "_parent_params_done": False}
+
+    @property
+    def run_params(self) -> dict[str, str]:
+        """The study's run params (``run_params`` of its state, written when the driver obtains the teacher)."""
+        if self._run_params is None:
+            self._run_params = {
+                str(k): str(v) for k, v in (read_state(self.index.store).get("run_params") or {}).items()
+            }
+        return self._run_params
+
+    def log_parent_params(self) -> None:
+        """The run params on the parent run, once per driver: only the keys it lacks (an MLflow param is never
+        changed; a resumed study whose parent run holds them already logs nothing)."""
+        if self._parent_params_done or not self.run_params or not self.client.up:
+            return
+        from mlflow.entities import Param
+
+        run = self.client.get_run(self.parent_run_id)
+        if run is DOWN or run is None:
+            return
+        have = run.data.params
+        missing = [Param(k, v[:500]) for k, v in sorted(self.run_params.items()) if k not in have]
+        if not missing or self.client.log_batch(self.parent_run_id, params=missing) is not DOWN:
+            self._parent_params_done = True
 
     def replay(self) -> dict[str, int]:
         """Give MLflow what it missed while it was down (or a killed driver never sent), from the index."""
@@ -219,6 +248,7 @@ class MLflowStudyCallback(Callback):
             facts["number"] = 1 + sum(1 for r in self.index.all() if r.get("stage", SEARCH) == facts["stage"])
         else:
             facts["number"] = rec.get("number", 0)
+        self.log_parent_params()
         if not run_id and self.client.up:
             tags = trial_tags(self.parent_run_id, trial.trial_id, self.study_name, is_baseline)
             tags.update({"cktf.stage": facts["stage"], "cktf.status": RUNNING})
@@ -230,7 +260,7 @@ class MLflowStudyCallback(Callback):
                 run_id = run.info.run_id
                 from mlflow.entities import Param
 
-                logged = {**config, **({"seed": facts["seed"]} if self.stage == CONFIRM else {})}
+                logged = {**self.run_params, **config, **({"seed": facts["seed"]} if self.stage == CONFIRM else {})}
                 params = [Param(str(k), str(v)[:500]) for k, v in sorted(logged.items())]
                 for i in range(0, len(params), 100):
                     self.client.log_batch(run_id, params=params[i : i + 100])

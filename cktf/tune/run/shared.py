@@ -5,6 +5,9 @@ Both travel as dicts of numpy arrays. Ray stores numpy buffers out of band, so e
 once on the driver and held once per node, however many trials run there (Ray serialization
 docs; ``tune.with_parameters`` does the single ``ray.put``). Torch tensors would be copied per
 worker, which is why nothing here is a tensor.
+
+A split too large to decode once (a :class:`~cktf.data.StreamDataset`, docs/models.md) travels as its file list,
+targets, classes and storage side, no images: each trial's loader reads the files from shared storage.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...data import Splits
+from ...data import Splits, StreamDataset
 from ...data._base import ArrayDataset
 from ...models import DistillModel, create_model
 
@@ -29,7 +32,11 @@ def splits_to_shared(splits: Splits) -> dict[str, Any]:
         ds = getattr(splits, name)
         if ds is None:
             continue
-        out[f"{name}/images"] = np.ascontiguousarray(ds.images)
+        if isinstance(ds, StreamDataset):  # streamed: the trial decodes the files
+            out[f"{name}/files"] = list(ds.files)
+            out[f"{name}/side"] = int(ds.side)
+        else:
+            out[f"{name}/images"] = np.ascontiguousarray(ds.images)
         out[f"{name}/targets"] = np.ascontiguousarray(ds.targets, dtype=np.int64)
         out[f"{name}/classes"] = list(ds.classes)
     return out
@@ -41,6 +48,9 @@ def splits_from_shared(shared: dict[str, Any]) -> Splits:
     for name in _SPLITS:
         if f"{name}/images" in shared:
             parts[name] = ArrayDataset(shared[f"{name}/images"], shared[f"{name}/targets"], shared[f"{name}/classes"])
+        elif f"{name}/files" in shared:
+            files, targets, classes = shared[f"{name}/files"], shared[f"{name}/targets"], shared[f"{name}/classes"]
+            parts[name] = StreamDataset(list(files), targets, list(classes), int(shared[f"{name}/side"]))
         else:
             parts[name] = None
     return Splits(shared["spec"], parts["train"], parts["val"], parts["test"], bool(shared["contrast_replace"]))

@@ -1,7 +1,9 @@
-"""The study's teacher, obtained once: the given checkpoint, the study's saved one, or trained now as one Ray task.
+"""The study's teacher, obtained once: the given checkpoint, the study's saved one, library or local weights used as
+they are (``teacher.weights`` without ``finetune``), or trained now as one Ray task (from ``teacher.weights`` with
+``finetune``, else from scratch).
 
-The trained teacher is saved as ``teacher.safetensors`` in the study's store and reused on resume; every trial
-receives it through the object store (:mod:`.shared`), never from disk.
+The teacher is saved as ``teacher.safetensors`` in the study's store and reused on resume; every trial receives it
+through the object store (:mod:`.shared`), never from disk.
 """
 
 from __future__ import annotations
@@ -27,12 +29,19 @@ def teacher_run_config(cfg: StudyConfig, out_dir: str) -> RunConfig:
     """The teacher's single-run config: plain cross-entropy on the source data (the study's data by default)."""
     return RunConfig(
         student=cfg.teacher.arch or "",
+        student_weights=cfg.teacher.weights,  # with finetune: trained from them (a fresh head for other classes)
+        download=cfg.teacher.download,
         distiller=SUPERVISED,
         data=cfg.teacher.data or cfg.data,
         optim=cfg.teacher.optim,
         train=cfg.teacher.train.replace(progress=False),
         out_dir=out_dir,
     )
+
+
+def as_is(cfg: StudyConfig) -> bool:
+    """Whether the teacher is ``teacher.weights`` used as they are (no training: ``finetune`` is off)."""
+    return bool(cfg.teacher.arch and cfg.teacher.weights and not cfg.teacher.finetune)
 
 
 def teacher_resources(cfg: StudyConfig) -> dict[str, float]:
@@ -77,6 +86,9 @@ def obtain_teacher(
             notify(f"  {line}")
 
     cfg = plan.study
+    # what every trial's distiller says about the pair (the pairing), kept with the study's state: the MLflow
+    # callback logs it on the parent run and each child run (results/lineage.py)
+    write_state(store, run_params=dict(plan.run_params))
     if not cfg.objective.needs_teacher:
         return None
     if cfg.teacher.checkpoint:
@@ -88,7 +100,22 @@ def obtain_teacher(
         local = store.local_path(TEACHER_FILE) or store.download(scratch / TEACHER_FILE, TEACHER_FILE)
         model, meta = load_model(local, "teacher")
         log.info("teacher: reusing %s", store.uri_of(TEACHER_FILE))
-        say(f"teacher {cfg.teacher.arch}: reusing the study's, trained before")
+        say(f"teacher {cfg.teacher.arch}: reusing the study's, {'loaded' if as_is(cfg) else 'trained'} before")
+        return teacher_to_shared(model, meta, store.uri_of(TEACHER_FILE))
+    if as_is(cfg):  # library or local weights used as they are: nothing is trained
+        from ...models.sources import pretrained_model
+        from ..plan.validate import teacher_classes
+
+        t = cfg.teacher
+        model = pretrained_model(t.arch, t.weights, teacher_classes(cfg, plan.splits), t.download, "teacher.weights")
+        data = t.data or cfg.data
+        meta = {"arch": t.arch, "num_classes": model.num_classes, "weights": t.weights, "dataset": data.dataset}
+        local = store.local_path(TEACHER_FILE) or scratch / TEACHER_FILE
+        save_model_weights(local, model, meta)
+        store.upload(local, TEACHER_FILE)
+        write_state(store, teacher={"weights": t.weights, "trained": False})
+        log.info("teacher: %s from %s, used as it is (not trained)", t.arch, t.weights)
+        say(f"teacher {t.arch}: weights {t.weights}, used as they are (not trained)")
         return teacher_to_shared(model, meta, store.uri_of(TEACHER_FILE))
     res = teacher_resources(cfg)
     log.info(
@@ -99,7 +126,8 @@ def obtain_teacher(
         res["gpu"],
     )
     write_state(store, teacher_resources=res)
-    say(f"teacher {cfg.teacher.arch}: training {cfg.teacher.train.epochs} epochs, once for the study ...")
+    start = f" from {cfg.teacher.weights}" if cfg.teacher.weights else ""
+    say(f"teacher {cfg.teacher.arch}: training {cfg.teacher.train.epochs} epochs{start}, once for the study ...")
     t0 = time.perf_counter()
     task = ray.remote(_train_teacher_task).options(num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=0)
     if cfg.teacher.data is not None:  # the source domain (transfer): decoded here, shared with the task only

@@ -89,6 +89,7 @@ def trial_run_config(
             params[key] = value
     return RunConfig(
         student=cfg.student,
+        student_weights=cfg.student_weights,
         distiller=cfg.distiller,
         distill_params=params,
         teacher_checkpoint=teacher,
