@@ -211,11 +211,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_ALL_FAILED = 0, 3, 4
 
 
-def _resume_command(args: argparse.Namespace) -> str:
-    """The command that continues this study, as typed (the overrides are also stored with the study)."""
+def _resume_command(args: argparse.Namespace, command: str = "tune", path: str | None = None) -> str:
+    """The command that continues this study (or campaign), as typed (the overrides are also stored with it)."""
     import shlex
 
-    parts = ["cktf", "tune", args.study, "--resume"]
+    parts = ["cktf", command, path or args.study, "--resume"]
     for item in args.set or []:
         parts += ["--set", item]
     if args.data_root:
@@ -514,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--i-mean-it", action="store_true", help="accept more than 2400 epochs or 1000 trials")
     p.add_argument("--break-lock", action="store_true", help="take over a study whose lock is stale (refused if fresh)")
     p.set_defaults(func=cmd_tune)
+
+    from .campaign.cli import add_parser as add_campaign_parser
+
+    add_campaign_parser(sub)  # cktf campaign FILE (docs/campaigns.md)
 
     p = sub.add_parser("mlflow-sync", help="send MLflow what a study's trial index holds and MLflow missed")
     p.add_argument("study", help="study directory (local or s3://), study YAML or study name")

@@ -82,6 +82,21 @@ class Config(BaseModel):
         return self.model_dump(mode="json")
 
 
+def as_written(out: dict[str, Any], sources: Mapping[str, str]) -> dict[str, Any]:
+    """``out`` (a config's ``to_dict()``) with each field read from the environment put back as written
+    (``{dotted path: "${VAR}"}``), so that a logged config never holds an expanded secret; ``out`` is changed."""
+    for path, raw in sources.items():
+        node: Any = out
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node.get(p, {})
+        if isinstance(node, list):
+            node[int(leaf)] = raw
+        elif isinstance(node, dict) and leaf in node:
+            node[leaf] = raw
+    return out
+
+
 def lookup(field: str, get: Any, name: str) -> Any:
     """A registry lookup whose error is a :class:`ConfigError` on ``field`` (validators cannot raise KeyError)."""
     try:

@@ -220,10 +220,12 @@ def test_one_epoch_at_224_on_both_paths(tiny_folder, monkeypatch, path_budget: f
 
 def test_the_budget_field_chooses_the_path_and_streamed_splits_travel_as_file_lists(tiny_folder, monkeypatch) -> None:
     """``data.object_store_gb`` decides (over ``$CKTF_OBJECT_STORE_GB``); a streamed study's splits cross the object
-    store as file lists (no pixels) and the trial's loaders give the driver's very batches."""
+    store as file lists (no pixels) and the trial's loaders give the driver's very batches; the teacher cache's
+    digest of a streamed split stands on its files."""
     import dataclasses
     import pickle
 
+    from cktf.train.teacher_cache import data_digest
     from cktf.tune.run.shared import shared_bytes, splits_from_shared, splits_to_shared
 
     cfg = DataConfig(dataset="imagenet_style", root=str(tiny_folder), image_size=64, val_fraction=0.25)
@@ -247,6 +249,9 @@ def test_the_budget_field_chooses_the_path_and_streamed_splits_travel_as_file_li
         y = make_loader(back.train, back.spec, batch_size=5, train=train, seed=2, workers=0)
         for bx, by in zip(x, y, strict=True):
             assert torch.equal(bx["image"], by["image"]) and torch.equal(bx["index"], by["index"])
+    digest = data_digest(splits)
+    assert digest == data_digest(back)
+    assert digest != data_digest(load_splits(cfg.replace(object_store_gb=1e-9, image_size=32), progress=False))
     with pytest.raises(ConfigError, match="only imagenet_style data may stream") as err:
         DataConfig(dataset="cifar10", decode="device")
     assert err.value.field == "data.decode"

@@ -30,7 +30,10 @@ def test_cktf_schema_prints_the_shipped_schema(capsys):
     jsonschema.Draft202012Validator.check_schema(printed)
 
 
-@pytest.mark.parametrize("path", sorted(STUDIES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(STUDIES)))
+SHIPPED = sorted(p for p in STUDIES.rglob("*.yaml") if "campaigns" not in p.parts)  # campaign files: test_campaign
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(STUDIES)))
 def test_every_shipped_study_validates_against_the_schema_and_points_editors_at_it(path: Path):
     text = path.read_text()
     first = text.splitlines()[0]

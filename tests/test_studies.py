@@ -20,7 +20,7 @@ from cktf.tune.plan import baseline_point, load_study, study_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "studies"
-STUDY_FILES = sorted(STUDIES.rglob("*.yaml"))  # quickstart.yaml is included when present
+STUDY_FILES = sorted(p for p in STUDIES.rglob("*.yaml") if "campaigns" not in p.parts)  # campaigns: test_campaign
 TABLE1_FILES = sorted((STUDIES / "table1").glob("*.yaml"))
 ABLATION_FILES = sorted((STUDIES / "ablations").glob("*.yaml"))
 BASE = STUDIES / "table1" / "cifar100_resnet32x4_resnet8x4.yaml"

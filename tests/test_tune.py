@@ -337,6 +337,8 @@ def test_every_shipped_study_round_trips_through_the_trial_dict(monkeypatch):
     from cktf.tune.plan import StudyConfig, load_study
 
     for path in sorted(Path(__file__).resolve().parents[1].joinpath("studies").rglob("*.yaml")):
+        if "campaigns" in path.parts:  # campaign files have their own schema (test_campaign)
+            continue
         cfg = load_study(path)
         again = StudyConfig.parse(cfg.to_dict())
         assert again.model_dump() == cfg.model_dump() and again.to_dict() == cfg.to_dict(), path

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from ...config import Config, lookup
+from ...config import Config, as_written, lookup
 from ...data import DATASETS, DataConfig
 from ...distillers import Objective, objective
 from ...errors import ConfigError
@@ -76,6 +76,9 @@ class TeacherSpec(Config):
     """the source domain (transfer studies); default: the study's data"""
     resources: ResourceSpec | None = None
     """the teacher task's resources; default: a whole GPU where trials get GPUs, else every CPU of a node"""
+    cache: bool = True
+    """a trained teacher is stored in the teacher cache (beside workdir, or $CKTF_TEACHER_CACHE) and reused by every
+    study and campaign that trains the same one (architecture, data, recipe, seed, code); false: train it here"""
 
     @model_validator(mode="after")
     def _weights(self) -> TeacherSpec:
@@ -241,17 +244,7 @@ class StudyConfig(Config):
 
     def logged(self) -> dict[str, Any]:
         """The study as it may be logged: every value read from the environment in its ``${VAR}`` form."""
-        out = self.to_dict()
-        for path, raw in self._env_sources.items():
-            node: Any = out
-            *parents, leaf = path.split(".")
-            for p in parents:
-                node = node[int(p)] if isinstance(node, list) else node.get(p, {})
-            if isinstance(node, list):
-                node[int(leaf)] = raw
-            elif isinstance(node, dict) and leaf in node:
-                node[leaf] = raw
-        return out
+        return as_written(self.to_dict(), self._env_sources)
 
     def logged_value(self, path: str, value: Any) -> Any:
         """``value`` of the field ``path`` as it may be logged (its ``${VAR}`` form when read from the environment)."""

@@ -402,13 +402,17 @@ class MLflowStudyCallback(Callback):
             self.client.set_tag(run_id, "cktf.rung", str(rung_of(int(rec.get("iterations", 0)), *self.asha)))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
-        error = None
-        try:
-            if trial.error_file and Path(trial.error_file).exists():
-                error = Path(trial.error_file).read_text()
-        except Exception:  # the error text is best effort; the status is what matters
-            error = None
-        self._set_status(trial, FAILED, error or "trial failed (see the Ray trial directory)")
+        self._set_status(trial, FAILED, trial_error_text(trial) or "trial failed (see the Ray trial directory)")
+
+
+def trial_error_text(trial: Any) -> str | None:
+    """The error a failed Ray trial left in its error file, or ``None`` (best effort: the status is what matters)."""
+    try:
+        if trial.error_file and Path(trial.error_file).exists():
+            return Path(trial.error_file).read_text()
+    except Exception:
+        return None
+    return None
 
 
 def _starts(rec: dict[str, Any], result: dict) -> list[int]:

@@ -69,6 +69,17 @@ def _train_teacher_task(cfg: StudyConfig, data: dict[str, Any], out_dir: str) ->
     return teacher_to_shared(model, meta, summary["weights_best"]), summary
 
 
+def teacher_cache_key(cfg: StudyConfig, splits: Any) -> tuple[Any, Any]:
+    """The teacher cache and the key of the study's trained teacher (docs/campaigns.md, "The teacher cache"), or
+    ``(None, None)`` with ``teacher.cache: false``."""
+    if not cfg.teacher.cache:
+        return None, None
+    from ...train.teacher_cache import TeacherCache, default_root, key_for_splits
+
+    t = cfg.teacher
+    return TeacherCache(default_root(cfg.workdir)), key_for_splits(t.arch, splits, t.optim, t.train, t.weights)
+
+
 def obtain_teacher(
     plan: StudyPlan, store: StudyStore, data_ref: Any, progress: bool = True, notify: Any = None
 ) -> dict[str, Any] | None:
@@ -117,6 +128,25 @@ def obtain_teacher(
         log.info("teacher: %s from %s, used as it is (not trained)", t.arch, t.weights)
         say(f"teacher {t.arch}: weights {t.weights}, used as they are (not trained)")
         return teacher_to_shared(model, meta, store.uri_of(TEACHER_FILE))
+    splits = plan.splits
+    if cfg.teacher.data is not None:  # the source domain (transfer): decoded here, shared with the task only
+        from ...data import load_splits
+
+        splits = load_splits(cfg.teacher.data, progress=progress)
+    cache, key = teacher_cache_key(cfg, splits)
+    entry = cache.lookup(key) if key is not None else None
+    if entry is not None:  # trained before, by this or another study or campaign: reused, not trained again
+        model, meta = load_model(cache.local_weights(entry, scratch), "teacher")
+        local = store.local_path(TEACHER_FILE) or scratch / TEACHER_FILE
+        save_model_weights(local, model, meta)
+        store.upload(local, TEACHER_FILE)
+        accs = {k: entry.summary.get(k) for k in ("val_acc", "test_acc", "epochs")}
+        write_state(store, teacher={**accs, "cache": key.digest, "trained": False})
+        log.info(
+            "teacher: %s from the teacher cache (%s in %s), not trained again", cfg.teacher.arch, key.short, cache.uri
+        )
+        say(f"teacher {cfg.teacher.arch}: from the teacher cache ({key.short}), trained before")
+        return teacher_to_shared(model, meta, store.uri_of(TEACHER_FILE))
     res = teacher_resources(cfg)
     log.info(
         "teacher: training %s for %d epochs (once per study) on %s CPU(s) and %s GPU(s)",
@@ -130,10 +160,8 @@ def obtain_teacher(
     say(f"teacher {cfg.teacher.arch}: training {cfg.teacher.train.epochs} epochs{start}, once for the study ...")
     t0 = time.perf_counter()
     task = ray.remote(_train_teacher_task).options(num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=0)
-    if cfg.teacher.data is not None:  # the source domain (transfer): decoded here, shared with the task only
-        from ...data import load_splits
-
-        data_ref = ray.put(splits_to_shared(load_splits(cfg.teacher.data, progress=progress)))
+    if cfg.teacher.data is not None:
+        data_ref = ray.put(splits_to_shared(splits))
     out_dir = store.local_path("teacher") or scratch / "teacher"
     shared, summary = ray.get(task.remote(cfg, data_ref, str(out_dir)))
     model, _ = teacher_from_shared(shared)
@@ -141,7 +169,10 @@ def obtain_teacher(
     local = store.local_path(TEACHER_FILE) or scratch / TEACHER_FILE
     save_model_weights(local, model, meta)
     store.upload(local, TEACHER_FILE)
-    write_state(store, teacher={k: summary.get(k) for k in ("val_acc", "test_acc", "epochs")})
+    if key is not None:
+        cache.put(key, local, {**summary, "wall_s": time.perf_counter() - t0}, by=f"study {cfg.name}")
+    facts = {k: summary.get(k) for k in ("val_acc", "test_acc", "epochs")}
+    write_state(store, teacher={**facts, **({"cache": key.digest} if key is not None else {}), "trained": True})
     acc = summary.get("val_acc")
     score = f"val_acc {acc:.2f}" if isinstance(acc, int | float) else "trained"
     say(
