@@ -225,9 +225,7 @@ def _resume_command(args: argparse.Namespace, command: str = "tune", path: str |
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run or resume a study; exit 0 when complete, 3 when it ended early (resumable), 4 when every trial failed."""
-    if not os.environ.get("RAY_ADDRESS"):
-        # a local Ray binds 127.0.0.1 only (set before Ray is imported; docs/security.md)
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    keep_ray_local()
     from .tune.plan import load_study, plan_study
     from .tune.results.reader import read_state
     from .tune.results.store import StudyStore
@@ -576,7 +574,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def keep_ray_local() -> None:
+    """Without ``RAY_ADDRESS``, a Ray this process starts binds 127.0.0.1 only (docs/security.md). Ray reads the
+    variable when it is imported, so every entry point calls this first, before anything imports Ray."""
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_ray_local()  # before the parser: building it imports modules that import Ray
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")

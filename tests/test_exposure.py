@@ -83,3 +83,25 @@ def test_a_local_study_listens_on_loopback_only_and_logs_no_secret(tmp_path, dat
     assert not found, f"the value read from the environment reached MLflow: {found}"
     resolved = json.loads((workdir / "exposure" / "study.resolved.json").read_text())
     assert resolved["workdir"] == "${TEAM_WORKDIR}"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "from cktf.cli import main; main(['campaign', 'missing.yaml'])",
+        "import runpy, sys; sys.argv = ['cktf.campaign', 'missing.yaml']; runpy.run_module('cktf.campaign', "
+        "run_name='__main__')",
+        "from cktf.cli import main; main(['tune', 'missing.yaml'])",
+    ],
+    ids=["cktf-campaign", "python-m-cktf.campaign", "cktf-tune"],
+)
+def test_every_entry_point_keeps_a_local_ray_on_loopback_before_ray_is_imported(tmp_path, entry):
+    """Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, on import: each command sets it before anything it
+    imports pulls Ray in (docs/security.md), or a local Ray would listen on every interface."""
+    code = (
+        "import sys\ntry:\n    " + entry + "\nexcept SystemExit:\n    pass\n"
+        "from ray._private import ray_constants\nprint('CLUSTER', ray_constants.ENABLE_RAY_CLUSTER)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert "CLUSTER False" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]

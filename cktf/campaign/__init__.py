@@ -9,7 +9,18 @@ run), :mod:`.teachers`, :mod:`.trainable`, :mod:`.lineage` (index + MLflow), :mo
 :mod:`.render`, :mod:`.cli`; of these only the driver, trainable and lineage modules use Ray themselves.
 """
 
-from .load import load_campaign
-from .schema import CampaignConfig
-
 __all__ = ["CampaignConfig", "load_campaign"]
+
+
+def __getattr__(name: str):
+    """``CampaignConfig`` and ``load_campaign``, imported lazily: importing the package (``python -m cktf.campaign``)
+    must not import Ray before the entry point has kept a local Ray on loopback (:func:`cktf.cli.keep_ray_local`)."""
+    if name == "load_campaign":
+        from .load import load_campaign
+
+        return load_campaign
+    if name == "CampaignConfig":
+        from .schema import CampaignConfig
+
+        return CampaignConfig
+    raise AttributeError(f"module 'cktf.campaign' has no attribute {name!r}")

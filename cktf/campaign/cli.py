@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -76,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
     """Run, resume or cost a campaign (see the module docstring for the exit codes)."""
     if args.dry_run:
         return dry_run(args)
-    if not os.environ.get("RAY_ADDRESS"):
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray binds 127.0.0.1 only
+    from ..cli import keep_ray_local
+
+    keep_ray_local()
     from ..tune.results.reader import read_state
     from ..tune.results.store import StudyStore
     from ..tune.run.lock import StudyLock
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m cktf.campaign FILE ...`` (the ``campaign`` word is optional)."""
+    from ..cli import keep_ray_local
+
+    keep_ray_local()  # before anything imports Ray
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "campaign":
         argv = ["campaign", *argv]
