@@ -27,6 +27,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..tune.results.reader import FAILED, FINISHED, RUNNING, TERMINAL, TrialIndex, read_state, write_state
+from ..tune.results.retention import release_trial
+from ..tune.results.scratch import remove_study_scratch
 from ..tune.results.store import StudyStore
 from ..tune.results.tracking import Tracking, sync_study
 from ..tune.run.lock import StudyLock
@@ -169,15 +171,21 @@ def run_campaign(
     own = lock is None
     lock = lock or StudyLock(store, cfg.name).acquire(break_lock)
     try:
-        with study_log(store, view):
-            return _run_locked(plan, store, lock, retry_failed, view, overrides or {})
+        with study_log(store, view) as log_path:
+            return _run_locked(plan, store, lock, retry_failed, view, overrides or {}, log_path)
     finally:
         if own:
             lock.release()
 
 
 def _run_locked(
-    plan: CampaignPlan, store: StudyStore, lock: StudyLock, retry_failed: bool, view: str, overrides: dict[str, Any]
+    plan: CampaignPlan,
+    store: StudyStore,
+    lock: StudyLock,
+    retry_failed: bool,
+    view: str,
+    overrides: dict[str, Any],
+    log_path: str = "",
 ) -> CampaignOutcome:
     cfg = plan.campaign
     t0 = time.perf_counter()
@@ -218,6 +226,7 @@ def _run_locked(
         cfg.table.score,
         cfg.mlflow.retry_s,
         progress=view == "live",
+        keep_state=cfg.keep_trial_state,
     )
     close_reported(plan, store, callback)
     pending = left_to_run(plan, store, retry_failed)
@@ -230,7 +239,7 @@ def _run_locked(
     interrupted = False
     try:
         if pending:
-            _launch(plan, store, lock, pending, callback, view)
+            _launch(plan, store, lock, pending, callback, view, log_path)
     except KeyboardInterrupt:
         log.warning("interrupted: the campaign stays incomplete and resumable")
         interrupted = True
@@ -252,7 +261,9 @@ def close_reported(plan: CampaignPlan, store: StudyStore, callback: CampaignCall
     return closed
 
 
-def _launch(plan: CampaignPlan, store: StudyStore, lock: StudyLock, pending: list, callback, view: str) -> None:
+def _launch(
+    plan: CampaignPlan, store: StudyStore, lock: StudyLock, pending: list, callback, view: str, log_path: str = ""
+) -> None:
     import ray
     from ray import tune
 
@@ -267,7 +278,7 @@ def _launch(plan: CampaignPlan, store: StudyStore, lock: StudyLock, pending: lis
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if view == "ray" else "0"
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2, cfg.max_concurrent or 8)))
-    started = start_ray(view == "ray", lock)
+    started = start_ray(view == "ray", lock, log_path if view != "ray" and log_path else None)
     try:
         write_state(store, stage="data")
         needed = {r.data for r in pending}
@@ -366,6 +377,11 @@ def finish_campaign(
         client.log_metric(parent_id, f"runs_{name.replace(' ', '_')}", n)
     client.set_tag(parent_id, "cktf.campaign_status", status)
     client.set_terminated(parent_id, {"complete": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
+    for rec in TrialIndex(store).all():  # a driver killed between a trial's end and its release left it whole
+        if rec.get("status") in TERMINAL:
+            release_trial(store.uri, rec, cfg.keep_trial_state)
+    if complete:
+        remove_study_scratch(store.uri)  # this node's working folders: nothing there is needed again
     write_state(store, status=status, stage="done" if complete else "stopped", counts=counts, finished_at=time.time())
     if not client.up:
         log.warning(

@@ -32,6 +32,7 @@ from ..tune.results.reader import (
     select_epoch,
     wanted_metrics,
 )
+from ..tune.results.retention import release_trial
 from ..tune.results.tracking import DEFAULT_BUDGET_S, DOWN, Tracking
 
 #: the metric every run reports each epoch (the index of logged steps reads it back from MLflow)
@@ -84,7 +85,9 @@ class CampaignCallback(Callback):
         score: str = "selected",
         budget_s: float = DEFAULT_BUDGET_S,
         progress: bool = False,
+        keep_state: bool = False,
     ):
+        self.keep_state = keep_state  # keep_trial_state: an ended run's resume state stays in storage
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.campaign_dir, self.campaign, self.runs, self.score = campaign_dir, campaign, runs, score
         self.budget_s, self.progress = float(budget_s), progress
@@ -179,7 +182,8 @@ class CampaignCallback(Callback):
             if metrics:
                 self.client.log_batch(run_id, metrics=metrics)
             terminate_run(self.client, run_id, status, error, None, STEP_METRIC)
-        self.index.update(key, status=status, error=error, scores=scores, ended=time.time())
+        rec = self.index.update(key, status=status, error=error, scores=scores, ended=time.time())
+        release_trial(self.campaign_dir, rec, self.keep_state)
         if self.progress:
             done = sum(1 for r in self.index.all() if r.get("status") in (FINISHED, FAILED))
             got = f"{self.score} test_acc {scores[self.score]:.2f}" if self.score in scores else (error or "")[:120]

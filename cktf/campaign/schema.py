@@ -204,8 +204,11 @@ class CampaignConfig(Config):
     """runs at once (0: as many as the resources allow)"""
     max_failures: int = Field(2, ge=0)
     """retries of a failed run, each from its last checkpoint (infrastructure failures)"""
-    keep_checkpoints: int = Field(2, ge=1)
-    """checkpoints Ray keeps per run"""
+    keep_checkpoints: int = Field(1, ge=1)
+    """checkpoints Ray keeps per run while it runs (the latest is what a retry resumes from)"""
+    keep_trial_state: bool = False
+    """keep an ended run's resume state (last.pt: memory banks, optimiser) and every kept checkpoint in storage;
+    by default an ended run keeps its weights (best and last), metrics and config only"""
     workdir: str = "runs/campaigns"
     """the campaign's folder is workdir/name (run index, state, table); a local path, shared mount or s3:// / gs://"""
     storage_path: str | None = None
@@ -388,6 +391,7 @@ def build_cell(
         "resources": cfg.resources.to_dict(),
         "max_failures": cfg.max_failures,
         "keep_checkpoints": cfg.keep_checkpoints,
+        "keep_trial_state": cfg.keep_trial_state,
         "workdir": cfg.campaign_dir,
         "storage_path": cfg.ray_storage,
         "mlflow": cfg.mlflow.to_dict(),

@@ -19,6 +19,7 @@ from ray import tune
 
 from ..tune.plan.schema import StudyConfig
 from ..tune.results.reader import TrialIndex, checkpoint_filesystem
+from ..tune.results.scratch import trial_workdir
 from ..tune.results.store import StudyStore
 from ..tune.run.trainable import CHECKPOINT_FILES, epochs_done, run_trial
 
@@ -55,7 +56,7 @@ def campaign_trial(
     teacher = ray.get(teachers[point["_pair"]]) if study.objective.needs_teacher else None
     record = TrialIndex(store).get(point["_key"])
     if tune.get_checkpoint() is None and record.get("checkpoint"):
-        out = Path(tune.get_context().get_trial_dir()) / "run"
+        out = trial_workdir(store.uri, point["_key"])
         try:
             done = seed_run_dir(out, record)
             log.info("run %s goes on after epoch %d (its last checkpoint)", point["_key"], done)

@@ -36,14 +36,20 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
 RESUME_FILE, PREVIOUS_FILE = "last.pt", "last.prev.pt"
 
 
-def save_resume_state(state: dict[str, Any], run_dir: str | os.PathLike) -> None:
+def save_resume_state(state: dict[str, Any], run_dir: str | os.PathLike, keep_previous: bool = True) -> None:
     """Write ``last.pt`` atomically; the previous ``last.pt`` becomes ``last.prev.pt`` only once the new one is
-    complete, so a crash at any point leaves at least one loadable checkpoint."""
+    complete, so a crash at any point leaves at least one loadable checkpoint.
+
+    ``keep_previous=False`` (study trials, whose reported checkpoint in Ray's storage is the fallback): the new file
+    replaces ``last.pt`` in one rename and no ``last.prev.pt`` is kept, so the folder holds one resume state plus,
+    while writing, the one being written."""
     run_dir = Path(run_dir)
     with atomic_path(run_dir / RESUME_FILE, durable=True) as tmp:
         torch.save(state, tmp)
-        if (run_dir / RESUME_FILE).exists():
+        if keep_previous and (run_dir / RESUME_FILE).exists():
             os.replace(run_dir / RESUME_FILE, run_dir / PREVIOUS_FILE)
+    if not keep_previous:
+        (run_dir / PREVIOUS_FILE).unlink(missing_ok=True)
 
 
 def has_resume_state(run_dir: str | os.PathLike) -> bool:

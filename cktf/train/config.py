@@ -80,6 +80,9 @@ class TrainConfig(Config):
     """precision of the contrastive memory banks in last.pt: bf16 halves the biggest part of a CRD/CKTF checkpoint;
     a run resumed from it goes on with banks rounded to bf16 (relative error <= 2**-8), so it is no longer
     bit-identical to an uninterrupted run (fp32 keeps that)"""
+    keep_previous_checkpoint: bool = True
+    """keep last.prev.pt beside last.pt (a truncated last.pt falls back to it); a study's trials set false: their
+    reported checkpoint in Ray's storage is their fallback"""
     eval_test: bool = True
     """test accuracy every epoch (reported as the paper does, never used for selection)"""
     max_steps_per_epoch: int = Field(0, ge=0)

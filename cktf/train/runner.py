@@ -50,6 +50,7 @@ RESUMABLE_CHANGES = {
     "download",  # where library weights come from, not what they are
     "data.object_store_gb",  # decoded once or streamed: the same tensors (docs/models.md)
     "data.decode_workers",
+    "train.keep_previous_checkpoint",  # how many resume files the run folder keeps, not what they hold
 }
 
 
@@ -301,7 +302,9 @@ def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_loader, val_loader, test_loader = _loaders(p)
-    writer = CheckpointWriter(out, background=cfg.train.checkpoint_in_background)
+    writer = CheckpointWriter(
+        out, background=cfg.train.checkpoint_in_background, keep_previous=cfg.train.keep_previous_checkpoint
+    )
     optimizer = build_sgd(distiller.trainable_parameters(), cfg.optim)
     history: list[dict[str, float]] = []
     start, init_done = 0, False

@@ -72,11 +72,13 @@ class CheckpointWriter:
     Args:
         run_dir: where ``last.pt``, the weights and ``metrics.jsonl`` go.
         background: write off the training thread.
+        keep_previous: keep ``last.prev.pt`` beside ``last.pt`` (:func:`save_resume_state`).
     """
 
-    def __init__(self, run_dir: str | Path, background: bool = True):
+    def __init__(self, run_dir: str | Path, background: bool = True, keep_previous: bool = True):
         self.run_dir = Path(run_dir)
         self.background = bool(background)
+        self.keep_previous = bool(keep_previous)
         self._snapshot = HostSnapshot()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -135,7 +137,7 @@ class CheckpointWriter:
     def _write(self, snap, event, weights, metrics, after) -> None:
         if event is not None:
             event.synchronize()
-        save_resume_state(snap, self.run_dir)
+        save_resume_state(snap, self.run_dir, self.keep_previous)
         student = {k[len("student.") :]: v for k, v in snap["distiller"].items() if k.startswith("student.")}
         for name, meta in weights:
             save_weights(self.run_dir / name, student, meta)

@@ -225,6 +225,7 @@ class HookedModel(DistillModel):
         flat = [p for p in layout.names if len(shapes[p]) != 3]
         if flat:
             raise ValueError(f"{source}: module {flat[0]} gives no [C, H, W] feature map (a token model?)")
+
         # a stage's blocks are those shaped like its output (CKTF pairs them with one student tensor), ending in the
         # stage itself: its last block when that is the stage module or inside it (the same output), else after it
         def own_blocks(path: str, blocks: tuple[str, ...]) -> tuple[str, ...]:

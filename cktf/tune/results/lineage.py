@@ -40,6 +40,7 @@ from .reader import (
     select_epoch,
     wanted_metrics,
 )
+from .retention import release_trial
 from .tracking import DEFAULT_BUDGET_S, DOWN, Tracking, sync_study
 
 
@@ -146,7 +147,9 @@ class MLflowStudyCallback(Callback):
         datasets: list[dict[str, Any]] | None = None,
         searched: list[str] | None = None,
         asha: tuple[int, float] | None = None,
+        keep_state: bool = False,
     ):
+        self.keep_state = keep_state  # keep_trial_state: an ended trial's resume state stays in storage
         self.stage, self.datasets, self.searched, self.asha = stage, list(datasets or []), searched, asha
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.study_dir, self.study_name, self.max_t, self.baseline = study_dir, study_name, int(max_t), baseline
@@ -291,7 +294,8 @@ class MLflowStudyCallback(Callback):
         if run_id:
             terminate_run(self.client, run_id, status, error, score, self.metric)
         if not again:
-            self.index.update(trial.trial_id, status=status, error=error, ended=time.time())
+            rec = self.index.update(trial.trial_id, status=status, error=error, ended=time.time())
+            release_trial(self.study_dir, rec, self.keep_state)
 
     def adopt_ghost(self, trial: Any, trials: list) -> None:
         """A trial the index knows but Ray does not (the driver was killed after the trial started and before Ray's

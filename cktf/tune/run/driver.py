@@ -42,12 +42,15 @@ from ..results.reader import (
     FINISHED,
     RUNNING,
     SEARCH,
+    TERMINAL,
     StudyResults,
     TrialIndex,
     TrialResult,
     read_state,
     write_state,
 )
+from ..results.retention import release_trial
+from ..results.scratch import remove_study_scratch
 from ..results.store import StudyStore
 from ..results.tracking import Tracking, sync_study
 from .lock import StudyLock
@@ -179,17 +182,37 @@ def run_study(
 
 
 class ConsoleFilter(logging.Filter):
-    """What the terminal shows under the live view: cktf's warnings and anyone's errors; the rest goes to the
-    study's log file."""
+    """What the terminal handlers show under the live view: cktf's warnings and errors. Everything else goes to the
+    study's log file; another library's errors reach the terminal as one line (:class:`ErrorSummary`)."""
+
+    def __init__(self, others_errors: bool = False):
+        super().__init__()
+        self.others_errors = others_errors  # before the study's log exists, another library's errors are shown
 
     def filter(self, record: logging.LogRecord) -> bool:
-        ours = record.name.split(".")[0] == PACKAGE
-        return record.levelno >= logging.ERROR or (ours and record.levelno >= logging.WARNING)
+        if record.name.split(".")[0] == PACKAGE:
+            return record.levelno >= logging.WARNING
+        return self.others_errors and record.levelno >= logging.ERROR
+
+
+class ErrorSummary(logging.StreamHandler):
+    """Another library's error (Ray's, MLflow's) in the terminal as one line pointing at ``driver.log``, where the
+    record is whole with its traceback: the terminal shows what may need acting on, not a library's internals."""
+
+    def __init__(self, log_path: str):
+        super().__init__(sys.stderr)
+        self.setLevel(logging.ERROR)
+        self.log_path = log_path
+        self.addFilter(lambda record: record.name.split(".")[0] != PACKAGE)
+
+    def format(self, record: logging.LogRecord) -> str:
+        first = (record.getMessage().strip().splitlines() or [""])[0].rstrip(" :")
+        return f"{record.name}: {first[:200]} (details in {self.log_path})"
 
 
 def quiet_console() -> ConsoleFilter:
     """Put a :class:`ConsoleFilter` on the root logger's terminal handlers (``cktf tune``'s live view)."""
-    flt = ConsoleFilter()
+    flt = ConsoleFilter(others_errors=True)
     for h in logging.getLogger().handlers:
         if type(h) is logging.StreamHandler:
             h.addFilter(flt)
@@ -236,9 +259,13 @@ class study_log:
         self._levels = {lg.name: lg.level for lg in self.filtered}
         for lg in self.filtered:
             lg.setLevel(logging.INFO)
+        self.summary: ErrorSummary | None = None
         if self.view != "ray":
             for h in self.console_handlers():
                 h.addFilter(self.filter)
+            self.summary = ErrorSummary(str(local))
+            for name in ("", *self.OWN_HANDLERS):
+                logging.getLogger(name).addHandler(self.summary)
         return str(local)
 
     def console_handlers(self) -> list[logging.Handler]:
@@ -251,13 +278,15 @@ class study_log:
             for lg in loggers
             for h in lg.handlers
             if isinstance(h, logging.StreamHandler)
-            and not isinstance(h, logging.FileHandler)
+            and not isinstance(h, (logging.FileHandler, ErrorSummary))
             and not type(h).__module__.startswith("_pytest")  # a test's log capture sees everything
         ]
 
     def __exit__(self, *exc: Any) -> None:
         for lg in (logging.getLogger(), *(logging.getLogger(n) for n in self.OWN_HANDLERS)):
             lg.removeHandler(self.handler)
+            if self.summary is not None:
+                lg.removeHandler(self.summary)
         for h in self.console_handlers():
             h.removeFilter(self.filter)
         for lg in self.filtered:
@@ -542,6 +571,7 @@ def _callbacks(plan: StudyPlan, store: StudyStore, client_ids, view: str, datase
         datasets=datasets,
         searched=searched,
         asha=(cfg.asha.grace_period, cfg.asha.reduction_factor),
+        keep_state=cfg.keep_trial_state,
     )
     if view != "live":
         return [mlflow_cb]
@@ -719,6 +749,11 @@ def finish_study(
         _withdraw_best(client, parent_id)
     client.set_tag(parent_id, "cktf.study_status", status)
     client.set_terminated(parent_id, {"complete": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
+    for rec in TrialIndex(store).all():  # a driver killed between a trial's end and its release left it whole
+        if rec.get("status") in TERMINAL:
+            release_trial(store.uri, rec, cfg.keep_trial_state)
+    if complete:
+        remove_study_scratch(store.uri)  # this node's working folders: nothing there is needed again
     write_state(store, status=status, stage="done" if complete else "stopped", counts=counts, finished_at=time.time())
     if not client.up:
         log.warning(

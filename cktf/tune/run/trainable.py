@@ -30,7 +30,8 @@ from ...train.config import RunConfig
 from ...train.engine import NonFiniteLossError
 from ...train.runner import fit, prepare_run, resolve_device
 from ..plan.schema import StudyConfig
-from ..results.reader import FAILURE_KEY, FINISHED, PRUNED, TrialIndex, checkpoint_filesystem
+from ..results.reader import FAILURE_KEY, FINISHED, PRUNED, TERMINAL, TrialIndex, checkpoint_filesystem
+from ..results.scratch import collect_ended, remove_trial_workdir, trial_workdir
 from ..results.store import StudyStore
 from .shared import splits_from_shared, teacher_from_shared, zero_copy_report
 
@@ -64,6 +65,14 @@ def already_ended(store: StudyStore, trial_id: str) -> dict[str, Any] | None:
     return rec if rec.get("status") in (FINISHED, PRUNED) and rec.get("history") else None
 
 
+def ended_trials(store: StudyStore) -> set[str]:
+    """Ids of the study's trials the index records as ended (their working folders are not needed again)."""
+    try:
+        return {r["trial_id"] for r in TrialIndex(store).all() if r.get("status") in TERMINAL}
+    except (OSError, ValueError):
+        return set()
+
+
 def trial_run_config(
     cfg: StudyConfig, sampled: dict[str, Any], out_dir: str, teacher: str | None, seed: int | None = None
 ) -> RunConfig:
@@ -72,7 +81,8 @@ def trial_run_config(
     Sampled names are the method's fields (``alpha1``, ``fitnet.beta``, ``theta``) or ``optim.<field>`` /
     ``train.<field>``. ``seed``: a confirmation run's own seed. With a confirmation stage no trial reads the test
     split: the final pick is evaluated on it once, by the driver (docs/studies.md)."""
-    params, optim, train = dict(cfg.params), {}, {"progress": False}
+    # no last.prev.pt in a trial's folder: its reported checkpoint in Ray's storage is the fallback
+    params, optim, train = dict(cfg.params), {}, {"progress": False, "keep_previous_checkpoint": False}
     if seed is not None:
         train["seed"] = int(seed)
     if cfg.confirm is not None:
@@ -189,9 +199,9 @@ def run_trial(
         history = ended.get("history") or [{}]
         tune.report({**history[-1], "epochs_done": int(ended.get("iterations", len(history)))})
         return
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    out = trial_dir / "run"
-    out.mkdir(parents=True, exist_ok=True)
+    key = str(config.get("_key") or trial_id)  # the index's key: the trial, or a campaign's run
+    out = trial_workdir(store.uri, key)  # node-local, outside what Ray syncs as experiment state
+    collect_ended(store.uri, ended_trials(store), keep=key)
     ckpt = tune.get_checkpoint()
     adopted = TrialIndex(store).get(trial_id)
     if ckpt is None and adopted.get("adopted") and adopted.get("checkpoint"):
@@ -234,6 +244,7 @@ def run_trial(
         callbacks.insert(0, probe)
     try:
         fit(prepared, callbacks)
+        remove_trial_workdir(store.uri, key)  # everything it holds was reported (a retry restores from Ray)
     except NonFiniteLossError as exc:
         # deterministic: a retry would fail the same way, so the trial ends now, reported as failed (never retried;
         # retries are for infrastructure failures)
@@ -242,3 +253,4 @@ def run_trial(
         tune.report(
             {cfg.search.metric: float("nan"), "epochs_done": epochs_done(out), FAILURE_KEY: 1.0, "cktf/error": message}
         )
+        remove_trial_workdir(store.uri, key)
