@@ -1,7 +1,7 @@
 """Study overhead: wall time of a study of tiny trials vs the time its trials spent training, and the node's
 dataset memory with 1, 2 and 4 concurrent trials.
 
-For each concurrency ``c`` a fresh local Ray runs one study (``cktf.tune.run_study``, the path behind
+For each concurrency ``c`` a fresh local Ray runs one study (``cktf.tune.run.study.run_study``, the path behind
 ``cktf tune``): ``--trials`` CKTF trials of ``--epochs`` short epochs (``--steps`` steps each) on the whole
 CIFAR-10 train split (50k images, 154 MB: large enough to see copies), ``c`` at a time with ``2/c`` CPUs each,
 ASHA off (every trial runs to the end), MLflow in a temporary sqlite file, the teacher a saved checkpoint.
@@ -129,6 +129,7 @@ def study_dict(args, tmp: Path, concurrency: int, teacher: Path) -> dict:
         "max_concurrent": concurrency,
         "max_failures": 0,
         "keep_checkpoints": 1,
+        "keep_trial_state": True,  # the checkpoint's size is read from the stored last.pt afterwards
         "workdir": str(tmp / "studies"),
         "storage_path": str(tmp / "ray"),
         "mlflow": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"},
@@ -164,10 +165,10 @@ def one_study(args, tmp: Path, concurrency: int, teacher: Path) -> dict:
     import ray
     from ray.tune import ExperimentAnalysis
 
-    import cktf.tune.run.driver as driver
-    import cktf.tune.run.teacher as teacher_stage
+    import cktf.tune.run.study as study_stage
     from cktf.tune.plan import plan_study, study_from_dict
-    from cktf.tune.results.lineage import MLflowStudyCallback
+    from cktf.tune.results.lineage import TrialCallback
+    from cktf.tune.run.context import RunOptions
 
     cfg = study_from_dict(study_dict(args, tmp, concurrency, teacher))
     t0 = time.perf_counter()
@@ -178,20 +179,23 @@ def one_study(args, tmp: Path, concurrency: int, teacher: Path) -> dict:
     t_ray = time.perf_counter() - t0
     timers = Timers()
     timers.wrap(ray, "put", "ray.put")
+    import cktf.tune.run.teacher as teacher_stage
+
     timers.wrap(teacher_stage, "obtain_teacher", "teacher")
-    for hook in [h for h in vars(MLflowStudyCallback) if h.startswith("on_")]:
-        timers.wrap(MLflowStudyCallback, hook, "mlflow callback")
+    for hook in [h for h in vars(TrialCallback) if h.startswith("on_")]:
+        timers.wrap(TrialCallback, hook, "mlflow callback")
     try:
         with NodeMemory() as mem:
             t0 = time.perf_counter()
-            outcome = driver.run_study(plan, progress=False)
+            outcome = study_stage.run_study(plan, RunOptions(view="quiet"))
             wall = time.perf_counter() - t0
     finally:
         timers.restore()
         ray.shutdown()
     recs = [json.loads(p.read_text()) for p in (Path(cfg.study_dir) / "trials").glob("*.json")]
     training = [sum(h.get("epoch_time_s", 0) + h.get("eval_time_s", 0) for h in r["history"]) for r in recs]
-    frames = [df for df in ExperimentAnalysis(driver.experiment_path(cfg)).trial_dataframes.values() if len(df)]
+    analysis = ExperimentAnalysis(cfg.ray_storage.rstrip("/") + "/" + cfg.name)
+    frames = [df for df in analysis.trial_dataframes.values() if len(df)]
     excess = [(df["time_this_iter_s"] - df["epoch_time_s"] - df["eval_time_s"]).tolist() for df in frames]
     ckpt = max((p.stat().st_size for p in (tmp / "ray").rglob("last.pt")), default=0)
     data_bytes = 50_000 * 32 * 32 * 3

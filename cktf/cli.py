@@ -18,8 +18,7 @@ from typing import Any
 from .config import parse_assignments
 from .errors import CKTFError, ConfigError
 from .registry import UnknownNameError
-
-EXIT_USAGE = 2
+from .settings import EXIT_ALL_FAILED, EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_USAGE, keep_ray_local, resume_command
 
 # ----------------------------------------------------------------------------- config <-> argparse
 
@@ -207,60 +206,26 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-#: exit codes of ``cktf tune``: complete; a usage error (nothing ran); incomplete (resumable); every trial failed
-EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_ALL_FAILED = 0, 3, 4
-
-
-def _resume_command(args: argparse.Namespace, command: str = "tune", path: str | None = None) -> str:
-    """The command that continues this study (or campaign), as typed (the overrides are also stored with it)."""
-    import shlex
-
-    parts = ["cktf", command, path or args.study, "--resume"]
-    for item in args.set or []:
-        parts += ["--set", item]
-    if args.data_root:
-        parts += ["--data-root", args.data_root]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run or resume a study; exit 0 when complete, 3 when it ended early (resumable), 4 when every trial failed."""
-    keep_ray_local()
-    from .tune.plan import load_study, plan_study
-    from .tune.results.reader import read_state
-    from .tune.results.store import StudyStore
-    from .tune.run.lock import StudyLock
+    from .api import run_study
 
     overrides = _overrides(args)
-    if not (args.quiet or args.ray_view):  # the live view: cktf's warnings and errors only on the terminal
-        from .tune.run.driver import quiet_console
+    resume = resume_command("tune", args.study, args.set, args.data_root)
+    view = "quiet" if args.quiet else "ray" if args.ray_view else "live"
+    if view == "live":  # cktf's warnings and errors only on the terminal
+        from .tune.run.console import quiet_console
 
         quiet_console()
-    cfg = load_study(args.study, overrides)
-    store = StudyStore(cfg.study_dir)
     try:
-        with StudyLock(store, cfg.name).acquire(args.break_lock) as lock:  # first: a second driver learns who runs it
-            state = read_state(store)
-            if args.resume and state.get("overrides") and not overrides:
-                overrides = state["overrides"]  # `--resume` alone continues the study as it was started
-                cfg = load_study(args.study, overrides)
-            elif state.get("parent_run_id") and not args.resume:
-                raise ConfigError(
-                    "name", f"study {cfg.name!r} already exists in {store.uri}", "pass --resume to continue it"
-                )
-            plan = plan_study(cfg, progress=not args.quiet)
-            from .tune.run import run_study
-
-            view = "quiet" if args.quiet else "ray" if args.ray_view else "live"
-            outcome = run_study(
-                plan, resume=args.resume, progress=not args.quiet, lock=lock, overrides=overrides, view=view
-            )
+        outcome = run_study(args.study, overrides, resume=args.resume, view=view, break_lock=args.break_lock)
     except KeyboardInterrupt:
-        print(f"cktf: interrupted; continue the study with: {_resume_command(args)}", file=sys.stderr)
+        print(f"cktf: interrupted; continue the study with: {resume}", file=sys.stderr)
         return EXIT_INCOMPLETE
     counts = ", ".join(f"{k} {v}" for k, v in outcome.counts.items() if v)
+    name = outcome.study_dir.rstrip("/").rsplit("/", 1)[-1]
     print(
-        f"study {cfg.name}: {outcome.status.upper() if not outcome.complete else 'complete'} ({counts}) "
+        f"study {name}: {outcome.status.upper() if not outcome.complete else 'complete'} ({counts}) "
         f"in {outcome.wall_s:.0f}s"
     )
     if outcome.headline:
@@ -275,12 +240,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if outcome.status == "failed":
         from .tune.results.reader import StudyResults
 
-        first = next((t.record.get("error") for t in StudyResults(store).trials() if t.record.get("error")), "")
+        trials = StudyResults(outcome.study_dir).trials()
+        first = next((t.record.get("error") for t in trials if t.record.get("error")), "")
         reason = (first or "").strip().splitlines()[-1:] or ["see the trials' errors in the trial index"]
         print(f"cktf: every trial failed, so the study has no result; the first error: {reason[0]}", file=sys.stderr)
         return EXIT_ALL_FAILED
     if not outcome.complete:
-        print(f"cktf: the study ended early; continue it with: {_resume_command(args)}", file=sys.stderr)
+        print(f"cktf: the study ended early; continue it with: {resume}", file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_COMPLETE
 
@@ -321,8 +287,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_mlflow_sync(args: argparse.Namespace) -> int:
     """Replay into MLflow what a study's trial index holds and MLflow missed (a server that was down)."""
     from .tune.plan import load_study
+    from .tune.results.mlflow_runs import sync_parent, sync_study
     from .tune.results.reader import StudyResults, resolve_study_dir
-    from .tune.results.tracking import Tracking, sync_parent, sync_study
+    from .tune.results.tracking import Tracking
 
     uri = args.tracking_uri
     if uri is None and str(args.study).endswith((".yaml", ".yml")):
@@ -333,7 +300,7 @@ def cmd_mlflow_sync(args: argparse.Namespace) -> int:
     if not state.get("parent_run_id"):
         raise ConfigError("study", f"{results.study_dir} has no MLflow parent run recorded", "run the study first")
     tracking = Tracking(uri, args.retry_s)
-    done = sync_study(tracking, results.store, state.get("experiment_id"), state["parent_run_id"], results.metric)
+    done = sync_study(tracking, results.store, state.get("experiment_id"), state["parent_run_id"])
     sync_parent(tracking, results, state["parent_run_id"])
     if not tracking.up:
         print(f"cktf: error: the tracking server at {uri} does not answer; nothing more was sent", file=sys.stderr)
@@ -572,13 +539,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_quickstart)
     return parser
-
-
-def keep_ray_local() -> None:
-    """Without ``RAY_ADDRESS``, a Ray this process starts binds 127.0.0.1 only (docs/security.md). Ray reads the
-    variable when it is imported, so every entry point calls this first, before anything imports Ray."""
-    if not os.environ.get("RAY_ADDRESS"):
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

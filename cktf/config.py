@@ -213,28 +213,43 @@ def parse_assignments(items: Sequence[str] | None, flag: str = "--set") -> dict[
 
 
 def apply_overrides(raw: Any, overrides: Mapping[str, Any], flag: str = "--set") -> dict[str, Any]:
-    """``raw`` with dotted ``overrides`` written in (``{"data.root": "x"}`` sets ``raw["data"]["root"]``).
+    """``raw`` with dotted ``overrides`` written in (``{"data.root": "x"}`` sets ``raw["data"]["root"]``); a numeric
+    part indexes a list (``methods.2.params.nce_k``). ``raw`` is not changed.
 
-    ``raw`` must be a mapping; a dotted key that runs through a non-mapping value is refused with its name.
+    ``raw`` must be a mapping; a dotted key that runs through a plain value, or past the end of a list, is refused
+    with its name.
     """
     if not isinstance(raw, Mapping):
         raise ConfigError(
-            "study", f"the file must hold a mapping of fields, got {type(raw).__name__}", "see studies/quickstart.yaml"
+            "file", f"the file must hold a mapping of fields, got {type(raw).__name__}", "see studies/quickstart.yaml"
         )
     out = json.loads(json.dumps(raw, default=str)) if overrides else dict(raw)
     for dotted, value in overrides.items():
-        node = out
+        node: Any = out
         *parents, leaf = dotted.split(".")
-        for i, p in enumerate(parents):
-            child = node.setdefault(p, {})
+        for i, part in enumerate(parents):
+            where = ".".join(parents[: i + 1])
+            if isinstance(node, list):
+                node = node[_list_index(node, part, where, f"{flag} {dotted}")]
+                continue
+            child = node.get(part)
             if child is None:
-                child = node[p] = {}
-            if not isinstance(child, dict):
+                child = node[part] = {}
+            if not isinstance(child, (dict, list)):
                 raise ConfigError(
-                    ".".join(parents[: i + 1]),
+                    where,
                     f"is {child!r}, so {flag} {dotted}=... cannot set a field inside it",
-                    f"set the whole value, e.g. {flag} {'.'.join(parents[: i + 1])}={{...}}",
+                    f"set the whole value, e.g. {flag} {where}={{...}}",
                 )
             node = child
-        node[leaf] = value
+        if isinstance(node, list):
+            node[_list_index(node, leaf, dotted, f"{flag} {dotted}")] = value
+        else:
+            node[leaf] = value
     return out
+
+
+def _list_index(node: list, part: str, where: str, what: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(where, f"the list has {len(node)} entries, so {what} cannot address it", "index from 0")
+    return int(part)

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 import yaml
 
-from cktf.campaign.load import apply_overrides, campaign_from_dict, load_campaign
 from cktf.campaign.plan import expand
+from cktf.campaign.schema import campaign_from_dict, load_campaign
+from cktf.config import apply_overrides
 from cktf.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -369,12 +370,13 @@ def test_the_flop_counts_behind_the_estimate():
     import torchvision
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cktf.campaign.cost import RESNET50_TRAIN_GFLOP, step_flops
+    from cktf.campaign.cost import RESNET50_TRAIN_GFLOP, DataShape, StepSpec, step_flops
 
-    a = step_flops("resnet8", "resnet14", "kd", {}, 32, 10, 100, 64)
-    b = step_flops("resnet8", "resnet14", "kd", {}, 32, 10, 100, 128)
+    data = DataShape(32, 10, 100)
+    a = step_flops(StepSpec("resnet8", "resnet14", "kd", {}, 64), data)
+    b = step_flops(StepSpec("resnet8", "resnet14", "kd", {}, 128), data)
     assert math.isclose(b[0], 2 * a[0], rel_tol=1e-6) and a[1] > 0 and a[2] == 0
-    assert step_flops("resnet8", "resnet14", "fsp", {}, 32, 10, 100, 64)[2] > 0  # FSP's initialisation epochs
+    assert step_flops(StepSpec("resnet8", "resnet14", "fsp", {}, 64), data)[2] > 0  # FSP's initialisation epochs
     model = torchvision.models.resnet50()
     x = torch.randn(1, 3, 224, 224)
     with FlopCounterMode(display=False) as counter:

@@ -79,10 +79,12 @@ def test_selection_epochs():
 
 
 def test_export_report_and_parent_run_agree_on_the_minimum(tmp_path):
+    from types import SimpleNamespace
+
     from cktf.tune.results.export import export_best
     from cktf.tune.results.report import summarize, write_report
-    from cktf.tune.results.store import StudyStore
-    from cktf.tune.run.driver import finish_study
+    from cktf.tune.run.context import RunContext, RunOptions
+    from cktf.tune.run.study import finish_study
 
     cfg = study_from_dict(
         tiny_study(tmp_path, Path("/nonexistent"), search__metric="val_loss", search__mode="min", name="minstudy")
@@ -103,7 +105,10 @@ def test_export_report_and_parent_run_agree_on_the_minimum(tmp_path):
     report = write_report(study_dir)
     assert "**best** t2: val_loss 1.1" in (report / "summary.md").read_text()
 
-    outcome = finish_study(cfg, StudyStore(study_dir), True, len(TRIALS), 1.0)
+    plan = SimpleNamespace(study=cfg, num_trials=len(TRIALS), splits=None)
+    with RunContext(cfg, RunOptions(view="quiet", resume=True)) as ctx:
+        ctx.open_parent({}, {})
+        outcome = finish_study(ctx, plan, complete=True)
     assert outcome.best.trial_id == "t2"
     run = client.get_run(parent)
     assert run.data.tags["cktf.best_trial"] == "t2"

@@ -638,23 +638,27 @@ def test_a_teacher_from_weights_is_used_as_it_is_and_a_finetuned_one_trains_from
 def test_the_study_callback_logs_the_run_params_on_parent_and_child_runs(tmp_path) -> None:
     from types import SimpleNamespace
 
-    from cktf.tune.results.lineage import MLflowStudyCallback, parent_run
+    from cktf.tune.results.lineage import ParentRun, TrialCallback
     from cktf.tune.results.reader import write_state
     from cktf.tune.results.store import StudyStore
     from cktf.tune.results.tracking import Tracking
+    from cktf.tune.run.study import SearchLineage
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = Tracking.shared(uri, 5.0)
-    exp_id, parent_id = parent_run(client, "cktf-byo", {}, {"cktf.study": "byo"}, {"student": "tv:x"})
+    exp_id = client.create_experiment("cktf-byo")
+    parent_id = client.create_run(exp_id, tags={"cktf.study": "byo"}).info.run_id
+    client.log_param(parent_id, "student", "tv:x")
     store = StudyStore(str(tmp_path / "study"))
     write_state(store, run_params={"cktf/pairing": GENERALISED})
-    cb = MLflowStudyCallback(uri, exp_id, parent_id, store.uri, "byo", 1, {})
+    parent, lineage = ParentRun(uri, exp_id, parent_id, store.uri, "byo"), SearchLineage(stage="search", epochs=1)
+    cb = TrialCallback(parent, lineage)
     trial = SimpleNamespace(trial_id="t0", config={"alpha1": 0.5})
     run_id = cb.run_for(trial)
     child = client.get_run(run_id).data.params
     assert child == {"alpha1": "0.5", "cktf/pairing": GENERALISED}
     assert client.get_run(parent_id).data.params == {"student": "tv:x", "cktf/pairing": GENERALISED}
-    again = MLflowStudyCallback(uri, exp_id, parent_id, store.uri, "byo", 1, {})  # a resumed driver: logged once
+    again = TrialCallback(parent, lineage)  # a resumed driver: logged once
     again.run_for(SimpleNamespace(trial_id="t1", config={"alpha1": 0.1}))
     assert client.get_run(parent_id).data.params["cktf/pairing"] == GENERALISED
 

@@ -252,9 +252,10 @@ def test_report_and_rerun_guard(finished_study, capsys):
     assert "**best**" in out and "**baseline**" in out
     for name in ("summary.md", "summary.json", "metric_vs_epoch.png", "history.png"):
         assert (finished_study.dir / "report" / name).exists()
-    # the same study again without --resume: refused, nothing overwritten
+    # the same study again: refused, nothing overwritten; it is complete, so the way on is its report or a new name
     assert main(["tune", str(finished_study.path), "--quiet"]) == 2
-    assert "--resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is complete" in err and "cktf report" in err and "--set name=tiny-2" in err
 
 
 @pytest.mark.slow
@@ -306,8 +307,9 @@ def test_sync_repairs_what_a_killed_driver_left_undone(tmp_path):
     ``cktf mlflow-sync``) makes MLflow match the index, and a second sync finds nothing to do."""
     import mlflow
 
+    from cktf.tune.results.mlflow_runs import sync_study
     from cktf.tune.results.reader import TrialIndex
-    from cktf.tune.results.tracking import Tracking, sync_study
+    from cktf.tune.results.tracking import Tracking
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -319,7 +321,7 @@ def test_sync_repairs_what_a_killed_driver_left_undone(tmp_path):
     for status, run_id in runs.items():
         index.update(status, status=status, mlflow_run_id=run_id, score=12.5, history=history)
     index.update("unlogged", status="finished", history=history, config={"alpha1": 0.3}, score=12.5)
-    done = sync_study(Tracking(uri), index.store, exp, parent, "val_acc")
+    done = sync_study(Tracking(uri), index.store, exp, parent)
     assert done == {"runs_created": 1, "epochs_logged": 8, "statuses_fixed": 3}
     got = {s: client.get_run(r) for s, r in runs.items()}
     assert got["pruned"].info.status == "KILLED" and got["pruned"].data.tags["cktf.status"] == "pruned"
@@ -328,7 +330,7 @@ def test_sync_repairs_what_a_killed_driver_left_undone(tmp_path):
     made = client.get_run(index.get("unlogged")["mlflow_run_id"])
     assert made.data.tags["cktf.trial_id"] == "unlogged" and made.data.params == {"alpha1": "0.3"}
     assert [m.step for m in client.get_metric_history(made.info.run_id, "val_acc")] == [0, 1]
-    assert sync_study(Tracking(uri), index.store, exp, parent, "val_acc") == dict.fromkeys(done, 0)
+    assert sync_study(Tracking(uri), index.store, exp, parent) == dict.fromkeys(done, 0)
 
 
 def test_every_shipped_study_round_trips_through_the_trial_dict(monkeypatch):

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import parse_assignments
-from ..errors import CKTFError, ConfigError
+from ..errors import CKTFError
 from ..registry import UnknownNameError
-
-EXIT_COMPLETE, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_ALL_FAILED = 0, 2, 3, 4
+from ..settings import EXIT_ALL_FAILED, EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_USAGE, keep_ray_local, resume_command
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -52,20 +51,15 @@ def _overrides(args: argparse.Namespace, raw: dict[str, Any] | None = None) -> d
     return out
 
 
-def _resume_command(args: argparse.Namespace) -> str:
-    from ..cli import _resume_command as resume_command
-
-    return resume_command(args, "campaign", args.campaign)
-
-
 def dry_run(args: argparse.Namespace) -> int:
     """Load, expand and cost the campaign; print it. Missing data or unfinished tuned studies are notes."""
     from ..train.teacher_cache import TeacherCache
+    from ..tune.plan.load import read_yaml
     from .cost import estimate, format_cost
-    from .load import load_campaign, read_yaml
     from .plan import plan_campaign
+    from .schema import load_campaign
 
-    cfg = load_campaign(args.campaign, _overrides(args, read_yaml(args.campaign)))
+    cfg = load_campaign(args.campaign, _overrides(args, read_yaml(args.campaign, "campaign")))
     plan = plan_campaign(cfg, progress=False, data="optional")
     print(format_cost(estimate(plan, TeacherCache(cfg.cache_root))))
     return EXIT_COMPLETE
@@ -75,46 +69,32 @@ def run(args: argparse.Namespace) -> int:
     """Run, resume or cost a campaign (see the module docstring for the exit codes)."""
     if args.dry_run:
         return dry_run(args)
-    from ..cli import keep_ray_local
-
     keep_ray_local()
-    from ..tune.results.reader import read_state
-    from ..tune.results.store import StudyStore
-    from ..tune.run.lock import StudyLock
-    from .driver import run_campaign
-    from .load import load_campaign, read_yaml
-    from .plan import plan_campaign
+    from ..api import run_campaign
+    from ..tune.plan.load import read_yaml
 
-    if args.retry_failed and not args.resume:
-        raise ConfigError("--retry-failed", "only continues a campaign", "pass --resume --retry-failed")
-    overrides = _overrides(args, read_yaml(args.campaign))
-    if not (args.quiet or args.ray_view):
-        from ..tune.run.driver import quiet_console
+    overrides = _overrides(args, read_yaml(args.campaign, "campaign"))
+    resume = resume_command("campaign", args.campaign, args.set, args.data_root)
+    view = "quiet" if args.quiet else "ray" if args.ray_view else "live"
+    if view == "live":
+        from ..tune.run.console import quiet_console
 
         quiet_console()
-    cfg = load_campaign(args.campaign, overrides)
-    store = StudyStore(cfg.campaign_dir)
-    view = "quiet" if args.quiet else "ray" if args.ray_view else "live"
     try:
-        with StudyLock(store, cfg.name).acquire(args.break_lock) as lock:
-            state = read_state(store)
-            if args.resume and state.get("overrides") and state["overrides"] != overrides:
-                # the campaign goes on as it was started: its stored --set values, and what this command adds
-                overrides = {**state["overrides"], **overrides}
-                cfg = load_campaign(args.campaign, overrides)
-            elif state.get("parent_run_id") and not args.resume:
-                raise ConfigError(
-                    "name", f"campaign {cfg.name!r} already exists in {store.uri}", "pass --resume to continue it"
-                )
-            plan = plan_campaign(cfg, progress=not args.quiet)
-            outcome = run_campaign(
-                plan, resume=args.resume, retry_failed=args.retry_failed, view=view, lock=lock, overrides=overrides
-            )
+        outcome = run_campaign(
+            args.campaign,
+            overrides,
+            resume=args.resume,
+            retry_failed=args.retry_failed,
+            view=view,
+            break_lock=args.break_lock,
+        )
     except KeyboardInterrupt:
-        print(f"cktf: interrupted; continue the campaign with: {_resume_command(args)}", file=sys.stderr)
+        print(f"cktf: interrupted; continue the campaign with: {resume}", file=sys.stderr)
         return EXIT_INCOMPLETE
     counts = ", ".join(f"{k} {v}" for k, v in outcome.counts.items() if v)
-    print(f"campaign {cfg.name}: {outcome.status} ({counts}; {outcome.ran} run here) in {outcome.wall_s:.0f}s")
+    name = outcome.campaign_dir.rstrip("/").rsplit("/", 1)[-1]
+    print(f"campaign {name}: {outcome.status} ({counts}; {outcome.ran} run here) in {outcome.wall_s:.0f}s")
     print(f"table: {outcome.table_dir}/table.md (and .csv, .tex, .html; logged to the MLflow parent run)")
     if not args.quiet and outcome.table_dir:
         from pathlib import Path
@@ -128,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_ALL_FAILED
     if not outcome.complete:
-        print(f"cktf: the campaign ended early; continue it with: {_resume_command(args)}", file=sys.stderr)
+        print(f"cktf: the campaign ended early; continue it with: {resume}", file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_COMPLETE
 
@@ -143,8 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m cktf.campaign FILE ...`` (the ``campaign`` word is optional)."""
-    from ..cli import keep_ray_local
-
     keep_ray_local()  # before anything imports Ray
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "campaign":

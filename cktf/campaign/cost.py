@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..data import DATASETS
@@ -161,16 +161,27 @@ def _image_size(plan: CampaignPlan, pair: str) -> int:
     return dcfg.image_size or DATASETS.get(dcfg.dataset).image_size or 32
 
 
-def step_flops(
-    student: str,
-    teacher: str | None,
-    distiller: str,
-    params: dict[str, Any],
-    image_size: int,
-    num_classes: int,
-    num_train: int,
-    batch_size: int,
-) -> tuple[float, float, int]:
+@dataclass(frozen=True)
+class StepSpec:
+    """One training step to count: the models, the method and its fields, the batch and the data's shape."""
+
+    student: str
+    teacher: str | None
+    distiller: str
+    params: dict[str, Any]
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a step's cost depends on in the data: the input side, the class count, the train split's size."""
+
+    image_size: int
+    num_classes: int
+    num_train: int
+
+
+def step_flops(step: StepSpec, data: DataShape) -> tuple[float, float, int]:
     """``(training-step FLOPs at batch_size, eval FLOPs per image, init-stage epochs)`` of one distiller, counted on
     the CPU at a batch of :data:`FLOP_BATCH` and scaled."""
     import torch
@@ -180,17 +191,17 @@ def step_flops(
     from ..models import create_model
 
     torch.manual_seed(0)
-    s = create_model(student, num_classes=num_classes)
-    t = create_model(teacher, num_classes=num_classes) if teacher else None
-    method = objective(distiller)
-    k = method.parse(params, image_size).negatives()
-    rows = max(num_train, (k or 0) + 2, FLOP_BATCH)
-    ctx = DistillContext(num_classes=num_classes, num_train_samples=rows, image_size=image_size)
-    d = method.build(s, t, params, ctx)
+    s = create_model(step.student, num_classes=data.num_classes)
+    t = create_model(step.teacher, num_classes=data.num_classes) if step.teacher else None
+    method = objective(step.distiller)
+    k = method.parse(step.params, data.image_size).negatives()
+    rows = max(data.num_train, (k or 0) + 2, FLOP_BATCH)
+    ctx = DistillContext(num_classes=data.num_classes, num_train_samples=rows, image_size=data.image_size)
+    d = method.build(s, t, step.params, ctx)
     init = d.init_stage()
     d.train()
     batch: dict[str, Any] = {
-        "image": torch.randn(FLOP_BATCH, 3, image_size, image_size),
+        "image": torch.randn(FLOP_BATCH, 3, data.image_size, data.image_size),
         "target": torch.zeros(FLOP_BATCH, dtype=torch.long),
         "index": torch.arange(FLOP_BATCH),
     }
@@ -199,7 +210,7 @@ def step_flops(
     with FlopCounterMode(display=False) as counter:
         out = d(batch)
         sum(out.losses.values()).backward()
-    train = counter.get_total_flops() / FLOP_BATCH * batch_size
+    train = counter.get_total_flops() / FLOP_BATCH * step.batch_size
     s.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         s(batch["image"])
@@ -246,9 +257,10 @@ def estimate(plan: CampaignPlan, cache: Any = None) -> CostReport:
                 **{k: v for k, v in c.point.items() if "." not in k or k.split(".")[0] not in ("optim", "train")},
             }
             batch = int(c.point.get("train.batch_size", study.train.batch_size))
-            sig = json.dumps([study.student, teacher, study.distiller, params, size, classes, n, batch], default=str)
+            step, shape = StepSpec(study.student, teacher, study.distiller, params, batch), DataShape(size, classes, n)
+            sig = json.dumps([asdict(step), asdict(shape)], default=str)
             if sig not in memo:
-                memo[sig] = step_flops(study.student, teacher, study.distiller, params, size, classes, n, batch)
+                memo[sig] = step_flops(step, shape)
             train, ev, init = memo[sig]
             steps = math.ceil(n / batch)
             if study.train.max_steps_per_epoch:
@@ -289,7 +301,8 @@ def _teachers(plan: CampaignPlan, sizes: dict[str, Sizes], cache: Any) -> list[d
         tr = need.study.teacher.train
         n = sizes[pairs[0]]
         train, ev, _ = step_flops(
-            need.arch, None, "ce", {}, _image_size(plan, pairs[0]), _num_classes(plan, pairs[0]), n.train, tr.batch_size
+            StepSpec(need.arch, None, "ce", {}, tr.batch_size),
+            DataShape(_image_size(plan, pairs[0]), _num_classes(plan, pairs[0]), n.train),
         )
         steps = math.ceil(n.train / tr.batch_size)
         flops = tr.epochs * (steps * train + (n.val + n.test) * ev)

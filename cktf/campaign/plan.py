@@ -19,7 +19,7 @@ from typing import Any
 from ..data import DataConfig, Splits
 from ..errors import CKTFError, ConfigError
 from ..tune.plan.schema import StudyConfig
-from .schema import ANCHOR_COLUMNS, CampaignConfig, build_cell, slug, tuned_label
+from .schema import ANCHOR_COLUMNS, CampaignConfig, MethodSpec, build_cell, slug, tuned_label
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,8 @@ def expand(cfg: CampaignConfig, strict: bool = True) -> CampaignPlan:
             what = "a method's label" if not clash[0].tuned else f"the label of another tuned cell of {t.pair}"
             raise ConfigError(f"tuned.{k}.label", f"{col.label!r} is {what}", "give it a label: of its own")
         if col.distiller:
-            cells[cell_id(t.pair, col.slug)] = build_cell(
-                cfg, index[t.pair], col.distiller, params, f"tuned.{k}.study", suffix="_tuned"
-            )
+            method = MethodSpec(distiller=col.distiller, params=params)
+            cells[cell_id(t.pair, col.slug)] = build_cell(cfg, index[t.pair], method, f"tuned.{k}.study", "_tuned")
         columns.append(col)
     known = list(dict.fromkeys(c.label for c in columns))
     for i, comp in enumerate(cfg.table.compare):
@@ -285,7 +284,7 @@ def plan_campaign(cfg: CampaignConfig, progress: bool = True, data: str = "requi
             if study is None:
                 continue
             try:
-                check_cell(cfg, plan, j, c, study, splits)
+                check_cell(plan, j, c, study, splits)
             except ConfigError as exc:
                 if data == "require":
                     raise
@@ -293,8 +292,9 @@ def plan_campaign(cfg: CampaignConfig, progress: bool = True, data: str = "requi
     return plan
 
 
-def check_cell(cfg: CampaignConfig, plan: CampaignPlan, j: int, column: Column, study: StudyConfig, splits) -> None:
+def check_cell(plan: CampaignPlan, j: int, column: Column, study: StudyConfig, splits) -> None:
     """The study checks of one cell against its data: sizes, one dry step, negatives, the table's needs."""
+    cfg = plan.campaign
     from ..train.runner import check_arch
     from ..tune.plan.validate import check_negatives, dry_step
 

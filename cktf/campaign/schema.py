@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from ..config import Config, as_written, lookup
+from ..config import Config, lookup
 from ..data import DataConfig
 from ..distillers import SUPERVISED, objective
 from ..errors import ConfigError
 from ..models import MODELS
-from ..registry import import_plugins
+from ..settings import NAME, ResourceSpec, RunSettings
 from ..train.config import OptimConfig, TrainConfig
-from ..tune.plan.schema import MlflowSpec, ResourceSpec, StudyConfig
+from ..tune.plan.schema import StudyConfig
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 #: what a cell's score is: test accuracy at the val-selected epoch, at the last epoch, or the best test epoch
 SCORES = ("selected", "last", "max_over_epochs")
 #: columns of the accuracy anchors (docs/algorithm.md §10) a method's published number is read from, by distiller
@@ -169,15 +168,12 @@ class EstimateSpec(Config):
     """replace the table's figure with a measured one (TFLOP/s of training achieved by these models)"""
 
 
-class CampaignConfig(Config):
+class CampaignConfig(RunSettings):
     """One campaign file. ``workdir/name`` holds its state (index, table); teachers go to the teacher cache."""
 
-    name: str = Field(pattern=NAME)
-    """the campaign's name: a directory name (letters, digits, _ . -)"""
-    env: list[str] = Field(default_factory=list)
-    """environment variables the file may read as ${VAR} besides CKTF_* and MLFLOW_TRACKING_URI"""
-    plugins: list[str] = Field(default_factory=list)
-    """modules imported before the campaign is checked and in every run (your own methods, models, datasets)"""
+    kind: ClassVar[str] = "campaign"
+    experiment_prefix: ClassVar[str] = "cktf-campaign-"
+
     data: DataConfig = Field(default_factory=DataConfig)
     """the data every pair uses unless it names its own"""
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -198,55 +194,28 @@ class CampaignConfig(Config):
     """what the table shows and how rows are judged"""
     estimate: EstimateSpec = Field(default_factory=EstimateSpec)
     """the dry run's GPU-hours estimate"""
-    resources: ResourceSpec = Field(default_factory=ResourceSpec)
-    """what each run gets (a GPU fraction < 1 packs runs and caps each one's CUDA memory)"""
-    max_concurrent: int = Field(0, ge=0)
-    """runs at once (0: as many as the resources allow)"""
-    max_failures: int = Field(2, ge=0)
-    """retries of a failed run, each from its last checkpoint (infrastructure failures)"""
-    keep_checkpoints: int = Field(1, ge=1)
-    """checkpoints Ray keeps per run while it runs (the latest is what a retry resumes from)"""
-    keep_trial_state: bool = False
-    """keep an ended run's resume state (last.pt: memory banks, optimiser) and every kept checkpoint in storage;
-    by default an ended run keeps its weights (best and last), metrics and config only"""
     workdir: str = "runs/campaigns"
     """the campaign's folder is workdir/name (run index, state, table); a local path, shared mount or s3:// / gs://"""
-    storage_path: str | None = None
-    """Ray's storage (run checkpoints): default workdir/name/ray"""
     teacher_cache: str | None = None
     """the teacher cache (default: $CKTF_TEACHER_CACHE, else teachers/ beside workdir, shared with studies)"""
-    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
-    """where the campaign's runs go (experiment default: cktf-campaign-<name>)"""
     allow_large: bool = False
     """accept more than 2000 runs (a guard against a typo in seeds)"""
     source: SkipJsonSchema[str | None] = None
     """set by the loader: the YAML file this came from"""
 
-    _env_sources: dict[str, str] = PrivateAttr(default_factory=dict)
     _cells: dict[tuple[str, str], StudyConfig] = PrivateAttr(default_factory=dict)
 
     # ------------------------------------------------------------------ derived
     @property
     def campaign_dir(self) -> str:
-        if "://" in self.workdir:
-            return self.workdir.rstrip("/") + "/" + self.name
-        return str(Path(self.workdir).expanduser().resolve() / self.name)
-
-    @property
-    def ray_storage(self) -> str:
-        if self.storage_path:
-            return self.storage_path if "://" in self.storage_path else str(Path(self.storage_path).resolve())
-        return self.campaign_dir + "/ray"
+        """The campaign's own folder (:attr:`folder`)."""
+        return self.folder
 
     @property
     def cache_root(self) -> str:
         from ..train.teacher_cache import default_root
 
         return self.teacher_cache or default_root(self.workdir)
-
-    @property
-    def experiment(self) -> str:
-        return self.mlflow.experiment or f"cktf-campaign-{self.name}"
 
     def pair(self, name: str) -> PairSpec:
         for p in self.pairs:
@@ -261,21 +230,7 @@ class CampaignConfig(Config):
         """The one-trial study a (pair, method) cell runs as (built and checked when the file is parsed)."""
         return self._cells[(pair, label)]
 
-    def set_env_sources(self, sources: dict[str, str]) -> None:
-        self._env_sources = dict(sources)
-
-    def logged(self) -> dict[str, Any]:
-        """The campaign as it may be logged: every value read from the environment in its ``${VAR}`` form."""
-        return as_written(self.to_dict(), self._env_sources)
-
     # ------------------------------------------------------------------ validation
-    @model_validator(mode="before")
-    @classmethod
-    def _import_plugins(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("plugins"), list):
-            import_plugins(str(m) for m in data["plugins"])
-        return data
-
     @model_validator(mode="after")
     def _check_campaign(self) -> CampaignConfig:
         _unique("pairs", [p.label for p in self.pairs], "give the pairs distinct name: fields")
@@ -296,7 +251,7 @@ class CampaignConfig(Config):
             if pair.teacher:
                 lookup(f"pairs.{j}.teacher", MODELS.get, pair.teacher)
             for i, method in enumerate(self.methods):
-                self._cells[(pair.label, method.name)] = build_cell(self, j, method.distiller, method.params, i)
+                self._cells[(pair.label, method.name)] = build_cell(self, j, method, i)
         names = {p.label for p in self.pairs}
         for i, t in enumerate(self.tuned):
             if t.pair not in names:
@@ -346,13 +301,11 @@ def _where(cfg: CampaignConfig, j: int, where: int | str, field: str) -> str:
     return field
 
 
-def build_cell(
-    cfg: CampaignConfig, j: int, distiller: str, params: dict[str, Any], where: int | str, suffix: str = ""
-) -> StudyConfig:
-    """The one-trial study of pair ``j`` with ``distiller`` / ``params``: the campaign's recipe, the pair's data and
-    teacher, the run's seed given per trial. ``where``: the method's index (errors name ``methods.<i>``) or a field
-    path (a tuned cell: ``tuned.<k>.study``)."""
-    pair = cfg.pairs[j]
+def build_cell(cfg: CampaignConfig, j: int, method: MethodSpec, where: int | str, suffix: str = "") -> StudyConfig:
+    """The one-trial study of pair ``j`` with ``method`` (its distiller and params): the campaign's recipe, the pair's
+    data and teacher, the run's seed given per trial. ``where``: the method's index (errors name ``methods.<i>``) or
+    a field path (a tuned cell: ``tuned.<k>.study``)."""
+    pair, distiller, params = cfg.pairs[j], method.distiller, method.params
     try:
         method = objective(distiller)
     except ConfigError as exc:
@@ -398,13 +351,25 @@ def build_cell(
     }
     try:
         study = StudyConfig.parse(raw)
-        if study.teacher.checkpoint:
-            from ..tune.plan.load import check_files
-
-            check_files(study)
+        study.check_files()
     except ConfigError as exc:
         raise ConfigError(_where(cfg, j, where, exc.field), exc.problem, exc.fix) from None
     return study
+
+
+def campaign_from_dict(raw: Any, source: str | None = None, overrides: dict[str, Any] | None = None) -> CampaignConfig:
+    """Typed, validated campaign from a parsed YAML mapping (plus dotted ``overrides``, which may index lists:
+    ``methods.2.params.nce_k``); every bad key is named by its campaign field path."""
+    from ..tune.plan.load import config_from_dict
+
+    return config_from_dict(CampaignConfig, raw, source, overrides)
+
+
+def load_campaign(path: str, overrides: dict[str, Any] | None = None) -> CampaignConfig:
+    """Read and validate a campaign file (the study loader: YAML, ``${VAR}``, ``--set``, then the schema)."""
+    from ..tune.plan.load import load_config
+
+    return load_config(CampaignConfig, path, overrides)
 
 
 def campaign_json_schema() -> dict[str, Any]:
@@ -428,8 +393,10 @@ __all__ = [
     "TeacherRecipe",
     "TunedSpec",
     "build_cell",
+    "campaign_from_dict",
     "campaign_json_schema",
     "display",
+    "load_campaign",
     "slug",
     "tuned_label",
 ]

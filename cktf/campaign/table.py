@@ -18,10 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..tune.results.reader import FAILED, FINISHED
+from ..tune.results.reader import BEST_EPOCH, FAILED, FINISHED, select_epoch
 from ..tune.results.report import anchor_row
 from ..tune.results.stats import PairedDiff, Spread, paired_diff, spread
-from .lineage import run_scores
 from .plan import CampaignPlan
 
 #: the teacher summary's accuracy for each table score
@@ -33,6 +32,25 @@ SCORE_TEXT = {
     "max_over_epochs": "best test top-1 (%) over epochs (the official code's protocol, as the published numbers)",
 }
 VERDICTS = {"better": "✓", "worse": "✗", "within noise": "≈", "n/a": "–"}
+
+
+#: a finished run's score in MLflow (the table's number for it)
+SCORE_METRIC = "campaign/score"
+
+
+def run_scores(history: list[dict[str, Any]], selection_metric: str = "val_acc") -> dict[str, float]:
+    """A run's test accuracies by protocol: at the epoch of its best ``selection_metric`` (``selected``), at its last
+    epoch (``last``), and the best test epoch (``max_over_epochs``: the official code's number), plus the selected
+    epoch. Missing pieces (no val split, no test metric) are left out."""
+    rows = [h for h in history if isinstance(h.get("test_acc"), (int, float))]
+    if not rows:
+        return {}
+    out: dict[str, float] = {"last": float(rows[-1]["test_acc"]), "max_over_epochs": max(h["test_acc"] for h in rows)}
+    chosen = select_epoch(history, selection_metric, "max", BEST_EPOCH)
+    if chosen and isinstance(chosen.get("test_acc"), (int, float)):
+        out["selected"] = float(chosen["test_acc"])
+        out["selected_epoch"] = float(chosen["epoch"])
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,42 +1,26 @@
-"""The campaign's teachers, each obtained once: a pair's checkpoint, a verified teacher-cache entry, or trained now.
+"""The campaign's teachers, one per pair, each obtained once through the teacher service
+(:mod:`cktf.tune.run.teacher`): a pair's checkpoint, a verified teacher-cache entry, or trained now.
 
 Teachers are addressed by their cache key (:mod:`cktf.train.teacher_cache`), so two pairs with the same teacher on
 the same data (Table 1's ResNet-110 and WRN-40-2 rows) share one training. The teachers still missing are trained
-at once, each as a Ray task with a study teacher's resources (:func:`cktf.tune.run.teacher.teacher_resources`), in
-a resumable run folder of the campaign (a killed campaign goes on from the teacher's last epoch), then stored in the
-cache and shared with every run through the object store (:mod:`cktf.tune.run.shared`).
+at once, each as the service's Ray task with a study teacher's resources, in a resumable folder of the campaign (a
+killed campaign goes on from the teacher's last epoch), then stored in the cache and shared with every run through
+the object store (:mod:`cktf.tune.run.shared`).
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from ..registry import import_plugins
 from ..train.teacher_cache import TeacherCache, TeacherKey, same_but_code
-from ..tune.plan.schema import StudyConfig
 from ..tune.results.reader import read_state, write_state
 from ..tune.results.store import StudyStore
 from .plan import CampaignPlan
 
 log = logging.getLogger(__name__)
-
-
-def _train_teacher(cfg: StudyConfig, data: dict[str, Any], out_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Ray task: train one teacher (plain cross-entropy, the campaign's teacher recipe) on the shared splits."""
-    from ..train.checkpoint import load_model
-    from ..train.runner import fit, prepare_run
-    from ..tune.run.shared import splits_from_shared, teacher_to_shared
-    from ..tune.run.teacher import teacher_run_config
-
-    import_plugins(cfg.plugins)
-    t0 = time.perf_counter()
-    summary = fit(prepare_run(teacher_run_config(cfg, out_dir), splits=splits_from_shared(data)))
-    model, meta = load_model(summary["weights_best"])
-    return teacher_to_shared(model, meta, summary["weights_best"]), {**summary, "wall_s": time.perf_counter() - t0}
 
 
 def teacher_keys(plan: CampaignPlan) -> dict[str, TeacherKey]:
@@ -60,9 +44,9 @@ def obtain_teachers(
     where each came from (``checkpoint``, ``cache`` or ``trained``) with its key and accuracies."""
     import ray
 
-    from ..train.checkpoint import load_model, save_model_weights
-    from ..tune.run.shared import teacher_from_shared, teacher_to_shared
-    from ..tune.run.teacher import teacher_resources
+    from ..train.checkpoint import load_model
+    from ..tune.run.shared import teacher_to_shared
+    from ..tune.run.teacher import from_cache, start_training, store_trained, teacher_resources
 
     keys = teacher_keys(plan)
     refs: dict[str, Any] = {}
@@ -81,9 +65,9 @@ def obtain_teachers(
         key, need = keys[pairs[0]], plan.teachers[pairs[0]]
         key = pinned(key, (recorded.get(pairs[0]) or {}).get("key"), cache, pairs)
         digest = key.digest
-        entry = cache.lookup(key)
-        if entry is not None:
-            model, meta = load_model(cache.local_weights(entry), "teacher")
+        found = from_cache(cache, key, Path(tempfile.mkdtemp(prefix="cktf-teacher-")))
+        if found is not None:
+            model, meta, entry = found
             ref = ray.put(teacher_to_shared(model, meta, entry.uri))
             log.info("teacher %s for %s: reusing cache entry %s", need.arch, ", ".join(pairs), key.short)
             for p in pairs:
@@ -106,15 +90,10 @@ def obtain_teachers(
             res["cpu"],
             res["gpu"],
         )
-        task = ray.remote(_train_teacher).options(num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=0)
-        pending[digest] = (task.remote(need.study, data_refs[need.data], str(out_dir)), key, pairs)
-    for digest, (future, key, pairs) in pending.items():
+        pending[digest] = (start_training(need.study, data_refs[need.data], str(out_dir)), key, pairs)
+    for future, key, pairs in pending.values():  # trained at once, each as its own Ray task
         shared, summary = ray.get(future)
-        model, _ = teacher_from_shared(shared)
-        with tempfile.TemporaryDirectory(prefix="cktf-teacher-") as tmp:
-            local = Path(tmp) / "teacher.safetensors"
-            save_model_weights(local, model, {**shared["meta"], "teacher_key": digest})
-            entry = cache.put(key, local, summary, by=f"campaign {plan.campaign.name}")
+        entry = store_trained(cache, key, shared, summary, f"campaign {plan.campaign.name}")
         ref = ray.put({**shared, "path": entry.uri})
         for p in pairs:
             refs[p] = ref

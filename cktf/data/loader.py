@@ -100,22 +100,15 @@ class BatchLoader:
         sampler_backend: ``auto`` (numpy on the CPU, torch on a GPU), ``numpy`` or ``torch``
             (:class:`ContrastSampler`).
 
-    A :class:`~cktf.data.stream.StreamDataset` (a split too large to decode once) gets a
-    :class:`~cktf.data.stream.StreamLoader`, the subclass that decodes its rows per batch: ``BatchLoader(ds, ...)``
-    works for both.
+    A :class:`~cktf.data.stream.StreamDataset` (a split too large to decode once) is iterated by
+    :class:`~cktf.data.stream.StreamLoader`, the subclass that decodes its rows per batch;
+    :func:`~cktf.data.stream.make_loader` picks the loader a split needs.
 
     Attributes:
         resident: the split is held on the training device.
         copied_bytes: bytes this loader copied from host memory into batches or plans so far (a resident split
             copies only its epoch plans; a host-resident one every batch's rows as well).
     """
-
-    def __new__(cls, ds: object = None, *args: object, **kwargs: object) -> BatchLoader:
-        if cls is BatchLoader and type(ds).__name__ == "StreamDataset":  # see the class docstring
-            from .stream import StreamLoader
-
-            return super().__new__(StreamLoader)
-        return super().__new__(cls)
 
     def __init__(
         self,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from . import mobilenetv2, resnet_cifar, resnet_imagenet, shufflenet, vgg, wrn  # noqa: F401 - registration
 from ._base import DistillModel, DistillOutput, FeatureInfo
-from ._registry import MODELS, create_model
+from ._registry import MODELS
+from .factory import create_model
 from .sources import StageLayout, list_source_models
 
 __all__ = [

@@ -27,7 +27,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from ..data import BatchLoader, Splits
+from ..data import BatchLoader, Splits, make_loader
 from ..errors import ConfigError
 from ..models import DistillModel
 from ..train.config import OptimConfig
@@ -120,10 +120,12 @@ def linear_probe(
     torch.manual_seed(cfg.seed)
     head = nn.Linear(backbone.num_features, num_classes).to(device)
     model = ProbedModel(backbone, head)
-    common = dict(spec=splits.spec, device=device)
-    train = BatchLoader(splits.train, batch_size=cfg.batch_size, train=cfg.augment, seed=cfg.seed, **common)
+    common = dict(device=device)
+    train = make_loader(
+        splits.train, splits.spec, batch_size=cfg.batch_size, train=cfg.augment, seed=cfg.seed, **common
+    )
     evals = {
-        name: BatchLoader(ds, batch_size=cfg.eval_batch_size, train=False, **common)
+        name: make_loader(ds, splits.spec, batch_size=cfg.eval_batch_size, train=False, **common)
         for name, ds in (("val", splits.val), ("test", splits.test))
         if ds is not None and len(ds)
     }
@@ -131,7 +133,7 @@ def linear_probe(
     if not cfg.augment:
         backbone.eval()
         cache = {name: _features(model, loader) for name, loader in evals.items()}
-        plain = BatchLoader(splits.train, batch_size=cfg.eval_batch_size, train=False, **common)
+        plain = make_loader(splits.train, splits.spec, batch_size=cfg.eval_batch_size, train=False, **common)
         cache["train"] = _features(model, plain)
     opt = build_sgd(head.parameters(), cfg)
     gen = torch.Generator().manual_seed(cfg.seed)

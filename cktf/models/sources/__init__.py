@@ -17,6 +17,7 @@ from typing import Protocol
 from torch import Tensor
 
 from .._base import DistillModel
+from .._registry import MODELS
 from .hooked import HookedModel, StageLayout, block_paths, layout_by_pools, layout_by_reduction
 from .module import ModuleSource
 from .naming import SourceNameError, split_name
@@ -25,6 +26,25 @@ from .tv import TorchvisionSource
 from .weights import apply_weights, is_weights_file, load_state_file, weights_num_classes
 
 log = logging.getLogger("cktf")
+
+
+class _Names:
+    """The sources' names as the registry asks for them (:meth:`~cktf.models._registry.ModelRegistry.add_source`)."""
+
+    def matches(self, name: str) -> bool:
+        return is_source_name(name)
+
+    def check(self, name: str) -> None:
+        check_source_name(name)
+
+    def factory(self, name: str):
+        import functools
+
+        return functools.partial(build_source_model, name)
+
+
+MODELS.add_source(_Names())
+
 
 __all__ = [
     "SOURCES",
@@ -160,9 +180,7 @@ def pretrained_model(
 ) -> DistillModel:
     """``name`` with ``weights`` used as they are, classifier included: as many classes as the weights have
     (``num_classes`` None), else exactly ``num_classes`` (another count is a :class:`ConfigError` on ``field``)."""
-    from .._registry import create_model
-
-    probe = create_model(name, num_classes=num_classes or 1)
+    probe = MODELS.get(name)(num_classes=num_classes or 1)
     state, where = weights_state(probe, weights, download, field)
     if num_classes is None:
         num_classes = weights_num_classes(probe, state)
@@ -170,7 +188,7 @@ def pretrained_model(
             from ...errors import ConfigError
 
             raise ConfigError(field, f"{where} holds no classifier of {name}", "pass weights saved from that model")
-        probe = create_model(name, num_classes=num_classes)
+        probe = MODELS.get(name)(num_classes=num_classes)
     apply_weights(probe, state, where, field, same_head=True)
     log.info("%s: weights from %s (%d classes)", name, where, num_classes)
     return probe

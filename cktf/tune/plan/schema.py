@@ -13,18 +13,17 @@ ASHA and sampler settings); what needs the decoded data or a dry build is checke
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from ...config import Config, as_written, lookup
+from ...config import Config, lookup
 from ...data import DATASETS, DataConfig
 from ...distillers import Objective, objective
 from ...errors import ConfigError
 from ...models import MODELS
-from ...registry import import_plugins
+from ...settings import ResourceSpec, RunSettings
 from ...space import ParamSpec
 from ...train.config import OptimConfig, TrainConfig
 from ...transfer.probe import ProbeConfig
@@ -35,21 +34,6 @@ MAX_TRIALS = 1000
 SEARCHABLE_TRAIN = ("batch_size", "seed")
 #: sections of the recipe a search-space name may address besides the method's own fields
 RECIPE_SECTIONS = ("optim", "train")
-
-
-class ResourceSpec(Config):
-    """Per-trial resources; a GPU fraction below 1 packs trials on one GPU (each keeps to its memory share)."""
-
-    cpu: float = Field(1.0, gt=0)
-    """CPU cores per trial (also its torch thread count)"""
-    gpu: float = Field(0.0, ge=0)
-    """GPUs per trial: a fraction in (0, 1] or a whole number"""
-
-    @model_validator(mode="after")
-    def _fraction(self) -> ResourceSpec:
-        if self.gpu > 1 and self.gpu != int(self.gpu):
-            raise ConfigError("gpu", f"must be a fraction in [0, 1] or a whole number, got {self.gpu}")
-        return self
 
 
 class TeacherSpec(Config):
@@ -168,28 +152,12 @@ class SamplerSpec(Config):
     """multivariate TPE"""
 
 
-class MlflowSpec(Config):
-    """Where the study's lineage goes."""
-
-    tracking_uri: str = Field("sqlite:///mlflow.db", min_length=1)
-    """sqlite:///mlflow.db, or a tracking server (http://host:5000)"""
-    experiment: str | None = None
-    """experiment name (default: cktf-<study name>)"""
-    retry_s: float = Field(60.0, gt=0)
-    """how long a call to the tracking server retries before the study goes on without it (and replays later)"""
-
-
-class StudyConfig(Config):
+class StudyConfig(RunSettings):
     """One study file. ``workdir/name`` holds the study's own state (teacher, trial index, report);
     ``storage_path`` is Ray's (trial checkpoints): local, a shared mount, ``s3://`` or ``gs://``."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    """the study's name: a directory name (letters, digits, _ . -)"""
-    env: list[str] = Field(default_factory=list)
-    """environment variables the file may read as ${VAR} besides CKTF_* and MLFLOW_TRACKING_URI (docs/security.md)"""
-    plugins: list[str] = Field(default_factory=list)
-    """modules imported before the study is checked and in every trial: your own methods, models or datasets,
-    which register themselves on import (e.g. my_lab.methods)"""
+    kind: ClassVar[str] = "study"
+
     student: str
     """the student architecture: a zoo name (cktf models) or a library or user model (tv:NAME, timm:NAME,
     module:pkg.mod:factory; docs/models.md)"""
@@ -213,24 +181,6 @@ class StudyConfig(Config):
     """the early-stopping scheduler (one rung per grace_period * reduction_factor^k epochs)"""
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     """Optuna's sampler"""
-    resources: ResourceSpec = Field(default_factory=ResourceSpec)
-    """what each trial gets"""
-    max_concurrent: int = Field(0, ge=0)
-    """trials at once (0: as many as the resources allow)"""
-    max_failures: int = Field(2, ge=0)
-    """retries of a failed trial, each from its last checkpoint (infrastructure failures)"""
-    keep_checkpoints: int = Field(1, ge=1)
-    """checkpoints Ray keeps per trial while it runs (the latest is what a retry resumes from)"""
-    keep_trial_state: bool = False
-    """keep an ended trial's resume state (last.pt: memory banks, optimiser) and every kept checkpoint in storage;
-    by default an ended trial keeps its weights (best and last), metrics and config only"""
-    workdir: str = "runs/studies"
-    """the study's own folder is workdir/name: a local path, a shared mount, or s3:// / gs:// (state, trial index,
-    teacher, report); every node of a cluster must reach it"""
-    storage_path: str | None = None
-    """Ray's storage (trial checkpoints): local path, shared mount, s3:// or gs:// (default: workdir/name/ray)"""
-    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
-    """where the study's lineage goes"""
     confirm: ConfirmSpec | None = None
     """train the top configurations again over new seeds after the search (null: no confirmation stage)"""
     probe: ProbeSpec | None = None
@@ -238,33 +188,7 @@ class StudyConfig(Config):
     source: SkipJsonSchema[str | None] = None
     """set by the loader: the YAML file this came from"""
 
-    _env_sources: dict[str, str] = PrivateAttr(default_factory=dict)
-
     # ------------------------------------------------------------------ derived
-    def set_env_sources(self, sources: dict[str, str]) -> None:
-        """Record which fields were read from the environment (``{dotted path: the string as written}``)."""
-        self._env_sources = dict(sources)
-
-    def logged(self) -> dict[str, Any]:
-        """The study as it may be logged: every value read from the environment in its ``${VAR}`` form."""
-        return as_written(self.to_dict(), self._env_sources)
-
-    def logged_value(self, path: str, value: Any) -> Any:
-        """``value`` of the field ``path`` as it may be logged (its ``${VAR}`` form when read from the environment)."""
-        return self._env_sources.get(path, value)
-
-    def logged_study_dir(self) -> str:
-        """The study's folder as it may be logged (``${VAR}`` kept when ``workdir`` read the environment)."""
-        if "workdir" in self._env_sources:
-            return self._env_sources["workdir"].rstrip("/") + "/" + self.name
-        return str(self.study_dir)
-
-    def logged_ray_experiment(self) -> str:
-        """Ray's experiment folder as it may be logged."""
-        if self.storage_path:
-            return self.logged_value("storage_path", self.storage_path).rstrip("/") + "/" + self.name
-        return self.logged_study_dir() + "/ray/" + self.name
-
     @property
     def objective(self) -> Objective:
         return objective(self.distiller)
@@ -281,22 +205,8 @@ class StudyConfig(Config):
 
     @property
     def study_dir(self) -> str:
-        """The study's own folder, ``workdir/name``: an absolute local path, or a URI (``s3://bucket/studies/x``)
-        when ``workdir`` is one; read and written only through :class:`~cktf.tune.results.store.StudyStore`."""
-        if "://" in self.workdir:
-            return self.workdir.rstrip("/") + "/" + self.name
-        return str(Path(self.workdir).expanduser().resolve() / self.name)
-
-    @property
-    def ray_storage(self) -> str:
-        """Ray's storage (trial checkpoints, experiment state): ``storage_path``, else the study's ``ray/``."""
-        if self.storage_path:
-            return self.storage_path if "://" in self.storage_path else str(Path(self.storage_path).resolve())
-        return self.study_dir + "/ray"
-
-    @property
-    def experiment(self) -> str:
-        return self.mlflow.experiment or f"cktf-{self.name}"
+        """The study's own folder (:attr:`folder`)."""
+        return self.folder
 
     @property
     def max_t(self) -> int:
@@ -314,13 +224,13 @@ class StudyConfig(Config):
         return out
 
     # ------------------------------------------------------------------ validation (no data needed)
-    @model_validator(mode="before")
-    @classmethod
-    def _import_plugins(cls, data: Any) -> Any:
-        """The plugins register their methods and models before any name of the file is looked up."""
-        if isinstance(data, dict) and isinstance(data.get("plugins"), list):
-            import_plugins(str(m) for m in data["plugins"])
-        return data
+    def check_files(self) -> None:
+        """The teacher checkpoint's header: its architecture must be known."""
+        if self.teacher.checkpoint:
+            from ...train.checkpoint import read_weights_meta
+
+            meta = read_weights_meta(self.teacher.checkpoint, "teacher.checkpoint")
+            lookup("teacher.checkpoint", MODELS.get, meta["arch"])
 
     @model_validator(mode="after")
     def _check_study(self) -> StudyConfig:

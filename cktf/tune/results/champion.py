@@ -82,12 +82,12 @@ def test_once(weights: Path, splits: Any, device: str = "cpu") -> dict[str, floa
     """The exported student's accuracy on the test split (``test_acc``, ``test_acc5``, ``test_loss``)."""
     import torch
 
-    from ...data.loader import BatchLoader
+    from ...data import make_loader
     from ...train.engine import evaluate
     from .export import load_student
 
     model = load_student(weights, device)
-    loader = BatchLoader(splits.test, splits.spec, batch_size=256, train=False, device=device)
+    loader = make_loader(splits.test, splits.spec, batch_size=256, train=False, device=device)
     with torch.no_grad():
         return {f"test_{k}": float(v) for k, v in evaluate(model, loader, torch.device(device)).items()}
 

@@ -1,301 +1,266 @@
-"""Study lineage in MLflow: the study's parent run and the driver-side callback that keeps the trial index.
+"""The one trial callback: the trial index and an MLflow child run per trial, for every stage of every run.
 
-* :func:`parent_run` -- one parent run per study (study file, space, scheduler and sampler settings, git commit),
-  created once and reused only on ``--resume``.
-* :class:`MLflowStudyCallback` -- writes the trial index (:mod:`.reader`) and one child run per
-  trial found again by its ``cktf.trial_id`` tag, so a resumed or retried trial logs into the same
-  run. Only the whitelisted metrics go to MLflow (``step = epoch``); the final status is FINISHED
-  (ran ``max_t`` epochs), KILLED with tag ``cktf.status=pruned`` (ASHA stopped it) or FAILED. The study's run
-  params (the ``StudyPlan``'s, from its dry step, kept in the study's state: ``<term>/pairing`` official |
-  generalised, docs/models.md) are params of every child run and of the parent run.
+:class:`TrialCallback` is a driver-side Ray Tune callback. For each trial of a stage (a study's search, its
+confirmation, a campaign's grid) it keeps one record of the trial index (:mod:`.reader`: the truth for what the
+trial did) and one MLflow child run under the run's parent run, found again by its ``cktf.trial_id`` tag, so a
+resumed or retried trial logs into the same run. A trial is keyed by Ray's trial id, or by its grid point's
+``_key`` (a campaign's ``pair.method.s<seed>``, which keeps its record across drivers). Only the whitelisted
+metrics go to MLflow (``step = epoch``, each step once); the final status is FINISHED (ran every epoch), KILLED with
+``cktf.status=pruned`` (ASHA stopped it) or FAILED; when a trial ends, its stored state shrinks
+(:func:`~.retention.release_trial`).
+
+What differs between stages (how a trial is named, tagged and numbered, what it logs when it ends, whether an early
+end is a prune or a failure) is a :class:`StageLineage`, which each stage's owner defines: the study's search and
+confirmation (:mod:`cktf.tune.run.study`), a campaign's runs (:mod:`cktf.campaign.run`).
 
 The trial index is written whatever MLflow does; MLflow calls go through :class:`~.tracking.Tracking`, which
-retries through a server restart and, while the server stays down, skips them: when it answers again the
-callback replays what it missed from the index (:func:`~.tracking.sync_study`).
-
-Ray pickles callbacks with the experiment (``Tuner.restore``), so the MLflow client is created lazily
-and left out of the pickle.
+retries through a server restart and, while the server stays down, skips them: when it answers again the callback
+replays what it missed from the index (:func:`~.mlflow_runs.sync_study`). Ray pickles callbacks with the experiment
+(``Tuner.restore``), so the MLflow client is created lazily and left out of the pickle.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune import Callback
 
+from .mlflow_runs import STEP_METRIC, dataset_inputs, flat_config, rung_of, sync_study, terminate_run, trial_tags
+from .mlflow_runs import trial_error_text as _error_text
 from .reader import (
     BEST_EPOCH,
-    CONFIRM,
     FAILED,
     FAILURE_KEY,
     FINISHED,
-    MLFLOW_STATUS,
     PRUNED,
     RUNNING,
-    SEARCH,
     TrialIndex,
     read_state,
     select_epoch,
     wanted_metrics,
 )
 from .retention import release_trial
-from .tracking import DEFAULT_BUDGET_S, DOWN, Tracking, sync_study
+from .tracking import DEFAULT_BUDGET_S, DOWN, Tracking
+
+log = logging.getLogger(__name__)
 
 
-def flat_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's config with a confirmation run's ``_point`` (its configuration, group and seed) spread out."""
-    point = config.get("_point")
-    return {**{k: v for k, v in config.items() if k != "_point"}, **(point or {})}
+@dataclass(frozen=True)
+class ParentRun:
+    """Where a run's lineage goes: its tracking store, experiment, parent run and folder (the index)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    folder: str
+    name: str
+    budget_s: float = DEFAULT_BUDGET_S
+    keep_state: bool = False  # keep_trial_state: an ended trial's resume state stays in storage
 
 
-def trial_config(trial: Any) -> dict[str, Any]:
-    return {k: v for k, v in flat_config(dict(trial.config)).items() if not str(k).startswith("_")}
+@dataclass(frozen=True)
+class TrialLabels:
+    """How one trial first appears: its values, the index fields it starts with, its MLflow run's name, tags and
+    params."""
+
+    config: dict[str, Any]
+    record: dict[str, Any]
+    name: str
+    tags: dict[str, str]
+    params: dict[str, Any]
 
 
-def trial_tags(parent_run_id: str, trial_id: str, study: str, baseline: bool) -> dict[str, str]:
-    """The tags of a trial's child run (how a resumed driver, or ``cktf mlflow-sync``, finds it again)."""
-    return {
-        "mlflow.parentRunId": parent_run_id,
-        "cktf.parent": parent_run_id,
-        "cktf.trial_id": trial_id,
-        "cktf.study": study,
-        "cktf.baseline": str(baseline).lower(),
-    }
+@dataclass(frozen=True)
+class StageLineage:
+    """What the trial callback knows of one stage's trials (subclassed by each stage's owner).
+
+    ``epochs``: a trial that reported this many epochs finished; one that ended before is ``early`` (pruned in a
+    search, where ASHA stops trials; failed in a grid, where nothing may). ``metric``/``mode``/``selection``: how a
+    trial's history is judged (its ``score``)."""
+
+    stage: str
+    epochs: int
+    metric: str = "val_acc"
+    mode: str = "max"
+    selection: str = BEST_EPOCH
+    early: str = PRUNED
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    asha: tuple[int, float] | None = None  # the search's rungs (grace, factor): a ``cktf.rung`` tag when it ends
+
+    def key_of(self, trial: Any) -> str:
+        """The trial's key in the index: its grid point's ``_key``, else Ray's trial id."""
+        point = trial.config.get("_point") if isinstance(trial.config, dict) else None
+        return str((point or {}).get("_key") or trial.trial_id)
+
+    def config_of(self, trial: Any) -> dict[str, Any]:
+        """The trial's values (a grid point's spread out), without the private ``_`` keys."""
+        return {k: v for k, v in flat_config(dict(trial.config)).items() if not str(k).startswith("_")}
+
+    def describe(self, key: str, trial: Any, index: TrialIndex, parent: ParentRun) -> TrialLabels:
+        config = self.config_of(trial)
+        tags = trial_tags(parent.parent_run_id, key, parent.name, False)
+        return TrialLabels(config, {"stage": self.stage}, key, tags, config)
+
+    def adopts_ghosts(self) -> bool:
+        """Whether a new trial may take over a ghost's record (a searcher proposing a lost trial's config again)."""
+        return False
+
+    def end_metrics(self, record: dict[str, Any], status: str) -> dict[str, float]:
+        """What the trial's run logs when it ends: its score at the selected epoch."""
+        score = record.get("score")
+        return {f"selected_{self.metric}": float(score)} if isinstance(score, int | float) else {}
+
+    def epochs_of(self, key: str) -> int:
+        """The epochs the trial ``key`` runs when nothing stops it."""
+        return self.epochs
+
+    def ended_early(self, record: dict[str, Any]) -> tuple[str, str | None]:
+        """The status (and error) of a trial that ended before its last epoch."""
+        if self.early == FAILED:
+            epochs = self.epochs_of(record["trial_id"])
+            return FAILED, f"ended after {record.get('iterations', 0)} of {epochs} epochs"
+        return self.early, None
 
 
-#: short names of common searched parameters in run names (``t03 tau=0.07 d=128``)
-SHORT = {"feat_dim": "d", "nce_k": "N", "alpha1": "a1", "alpha2": "a2", "mapping": "map", "optim.lr": "lr"}
+class TrialCallback(Callback):
+    """Driver-side bookkeeping of a stage's trials: the trial index first-hand, and MLflow as a view of it."""
 
-
-def short_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.2g}" if abs(v) < 1000 else f"{v:.3g}"
-    return str(v)
-
-
-def short_params(config: dict[str, Any], keys: list[str] | None = None, width: int = 70) -> str:
-    """``tau=0.07 d=128 ...``: the searched values, short, at most ``width`` characters."""
-    parts = [f"{SHORT.get(k, k.rsplit('.', 1)[-1])}={short_value(config[k])}" for k in keys or sorted(config)]
-    out = ""
-    for p in parts:
-        if len(out) + len(p) + 1 > width:
-            return out + " …"
-        out = f"{out} {p}" if out else p
-    return out
-
-
-def run_name(record: dict[str, Any], keys: list[str] | None = None) -> str:
-    """A child run's name a person can read: ``t03 tau=0.07 d=128``, ``t01 defaults``, ``c2 s1001 tau=0.07``."""
-    if record.get("stage") == CONFIRM:
-        head = f"c{int(record.get('group', 0))} s{int(record.get('seed', 0))}"
-    else:
-        head = f"t{int(record.get('number', 0)):02d}"
-    body = "defaults" if record.get("baseline") else short_params(record.get("config", {}), keys, 60)
-    return f"{head} {body}".strip()
-
-
-def rung_of(epochs: int, grace: int, factor: float) -> int:
-    """ASHA's rung a trial reached: 0 below the grace period, then 1 + floor(log_factor(epochs / grace))."""
-    import math
-
-    if epochs < grace:
-        return 0
-    return 1 + int(math.floor(math.log(epochs / grace, factor) + 1e-9))
-
-
-def dataset_inputs(datasets: list[dict[str, Any]]) -> list:
-    """MLflow ``DatasetInput`` entities for the study's splits (``name``, ``digest``, ``source``, ``context``,
-    ``profile``): what ``mlflow.log_input`` logs, built without a pandas/numpy copy of the images."""
-    import json
-
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    return [
-        DatasetInput(
-            Dataset(
-                name=d["name"],
-                digest=d["digest"],
-                source_type="local",
-                source=json.dumps({"uri": d["source"]}),
-                profile=json.dumps(d.get("profile", {})),
-            ),
-            tags=[InputTag("mlflow.data.context", d["context"])],
-        )
-        for d in datasets
-    ]
-
-
-class MLflowStudyCallback(Callback):
-    """Driver-side MLflow logging of a study: child run per trial under the study's parent run."""
-
-    def __init__(
-        self,
-        tracking_uri: str,
-        experiment_id: str,
-        parent_run_id: str,
-        study_dir: str,
-        study_name: str,
-        max_t: int,
-        baseline: dict[str, Any],
-        metric: str = "val_acc",
-        mode: str = "max",
-        selection: str = BEST_EPOCH,
-        budget_s: float = DEFAULT_BUDGET_S,
-        stage: str = SEARCH,
-        datasets: list[dict[str, Any]] | None = None,
-        searched: list[str] | None = None,
-        asha: tuple[int, float] | None = None,
-        keep_state: bool = False,
-    ):
-        self.keep_state = keep_state  # keep_trial_state: an ended trial's resume state stays in storage
-        self.stage, self.datasets, self.searched, self.asha = stage, list(datasets or []), searched, asha
-        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
-        self.study_dir, self.study_name, self.max_t, self.baseline = study_dir, study_name, int(max_t), baseline
-        self.metric, self.mode, self.selection = metric, mode, selection  # how a trial's history is judged
-        self.budget_s = float(budget_s)
+    def __init__(self, parent: ParentRun, lineage: StageLineage, announce: Any = None):
+        self.parent, self.lineage = parent, lineage
+        self.announce = announce  # called with a record when a trial ends (the campaign's progress lines)
         self._client = None
         self._logged: dict[str, set[int]] = {}  # per trial, the epochs its MLflow run already holds
-        self._run_params: dict[str, str] | None = None  # the study's run params, read from its state once
+        self._run_params: dict[str, str] | None = None  # the run's run params, read from its state once
         self._parent_params_done = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None, "_logged": {}, "_run_params": None, "_parent_params_done": False}
 
     @property
-    def run_params(self) -> dict[str, str]:
-        """The study's run params (``run_params`` of its state, written when the driver obtains the teacher)."""
-        if self._run_params is None:
-            self._run_params = {
-                str(k): str(v) for k, v in (read_state(self.index.store).get("run_params") or {}).items()
-            }
-        return self._run_params
-
-    def log_parent_params(self) -> None:
-        """The run params on the parent run, once per driver: only the keys it lacks (an MLflow param is never
-        changed; a resumed study whose parent run holds them already logs nothing)."""
-        if self._parent_params_done or not self.run_params or not self.client.up:
-            return
-        from mlflow.entities import Param
-
-        run = self.client.get_run(self.parent_run_id)
-        if run is DOWN or run is None:
-            return
-        have = run.data.params
-        missing = [Param(k, v[:500]) for k, v in sorted(self.run_params.items()) if k not in have]
-        if not missing or self.client.log_batch(self.parent_run_id, params=missing) is not DOWN:
-            self._parent_params_done = True
-
-    def replay(self) -> dict[str, int]:
-        """Give MLflow what it missed while it was down (or a killed driver never sent), from the index."""
-        done = sync_study(self.client, self.index.store, self.experiment_id, self.parent_run_id, self.metric)
-        self._logged.clear()
-        if any(done.values()):
-            import logging
-
-            logging.getLogger(__name__).warning("MLflow caught up from the trial index: %s", done)
-        return done
-
-    def _logged_steps(self, trial_id: str, run_id: str | None) -> set[int] | None:
-        """The epochs the trial's run already has (read from MLflow once per driver: a driver killed between
-        logging an epoch and recording it in the index must not log that epoch twice when it is re-run);
-        ``None`` while MLflow is unreachable."""
-        if run_id is None:
-            return None
-        if trial_id not in self._logged:
-            history = self.client.get_metric_history(run_id, self.metric)
-            if history is DOWN:
-                return None
-            self._logged[trial_id] = {int(m.step) for m in history}
-        return self._logged[trial_id]
-
-    @property
     def client(self) -> Tracking:
         if self._client is None:
-            self._client = Tracking.shared(self.tracking_uri, self.budget_s)
+            self._client = Tracking.shared(self.parent.tracking_uri, self.parent.budget_s)
             self._client.on_back = self.replay
         return self._client
 
     @property
     def index(self) -> TrialIndex:
-        return TrialIndex(self.study_dir)
+        return TrialIndex(self.parent.folder)
+
+    @property
+    def run_params(self) -> dict[str, str]:
+        """The run's params every trial shares (``run_params`` of its state: ``<term>/pairing``, docs/models.md)."""
+        if self._run_params is None:
+            found = read_state(self.index.store).get("run_params") or {}
+            self._run_params = {str(k): str(v) for k, v in found.items()}
+        return self._run_params
+
+    def log_parent_params(self) -> None:
+        """The run params on the parent run, once per driver: only the keys it lacks (an MLflow param is never
+        changed; a resumed run whose parent run holds them already logs nothing)."""
+        if self._parent_params_done or not self.run_params or not self.client.up:
+            return
+        from mlflow.entities import Param
+
+        run = self.client.get_run(self.parent.parent_run_id)
+        if run is DOWN or run is None:
+            return
+        have = run.data.params
+        missing = [Param(k, v[:500]) for k, v in sorted(self.run_params.items()) if k not in have]
+        if not missing or self.client.log_batch(self.parent.parent_run_id, params=missing) is not DOWN:
+            self._parent_params_done = True
+
+    def replay(self) -> dict[str, int]:
+        """Give MLflow what it missed while it was down (or a killed driver never sent), from the index."""
+        done = sync_study(self.client, self.index.store, self.parent.experiment_id, self.parent.parent_run_id)
+        self._logged.clear()
+        if any(done.values()):
+            log.warning("MLflow caught up from the trial index: %s", done)
+        return done
+
+    def _logged_steps(self, key: str, run_id: str | None) -> set[int] | None:
+        """The epochs the trial's run already has (read from MLflow once per driver: a driver killed between
+        logging an epoch and recording it in the index must not log that epoch twice when it is re-run);
+        ``None`` while MLflow is unreachable."""
+        if run_id is None:
+            return None
+        if key not in self._logged:
+            history = self.client.get_metric_history(run_id, STEP_METRIC)
+            if history is DOWN:
+                return None
+            self._logged[key] = {int(m.step) for m in history}
+        return self._logged[key]
 
     # -------------------------------------------------------------- runs
     def run_for(self, trial: Any) -> str | None:
         """The trial's child run: from the index, else by tag, else a new one (params logged once); ``None`` while
         MLflow is unreachable (the index record is kept all the same, and the run is made when MLflow is back)."""
-        rec = self.index.get(trial.trial_id)
+        key = self.lineage.key_of(trial)
+        rec = self.index.get(key)
         run_id = rec.get("mlflow_run_id")
         if not run_id:
             found = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=(
-                    f"tags.`cktf.trial_id` = '{trial.trial_id}' and tags.`cktf.parent` = '{self.parent_run_id}'"
-                ),
+                [self.parent.experiment_id],
+                filter_string=f"tags.`cktf.trial_id` = '{key}' and tags.`cktf.parent` = '{self.parent.parent_run_id}'",
                 max_results=1,
             )
             run_id = found[0].info.run_id if found else None
-            if found is DOWN:
-                run_id = None
-        config = trial_config(trial)
-        raw = flat_config(dict(trial.config))
-        if self.stage == CONFIRM:
-            is_baseline = bool(raw.get("_baseline"))
-            facts = {"stage": CONFIRM, "group": int(raw["_group"]), "seed": int(raw["_seed"])}
-            facts["source_trial"] = raw.get("_source")
-        else:
-            is_baseline = bool(self.baseline) and all(config.get(k) == v for k, v in self.baseline.items())
-            facts = {"stage": SEARCH}
-        if not rec:
-            facts["number"] = 1 + sum(1 for r in self.index.all() if r.get("stage", SEARCH) == facts["stage"])
-        else:
-            facts["number"] = rec.get("number", 0)
+        labels = None
+        if not rec or not run_id:
+            labels = self.lineage.describe(key, trial, self.index, self.parent)
         self.log_parent_params()
         if not run_id and self.client.up:
-            tags = trial_tags(self.parent_run_id, trial.trial_id, self.study_name, is_baseline)
-            tags.update({"cktf.stage": facts["stage"], "cktf.status": RUNNING})
-            if self.stage == CONFIRM:
-                tags.update({"cktf.confirm_group": str(facts["group"]), "cktf.seed": str(facts["seed"])})
-            name = run_name({**facts, "config": config, "baseline": is_baseline}, self.searched)
-            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+            tags = {**labels.tags, "cktf.status": RUNNING}
+            run = self.client.create_run(self.parent.experiment_id, run_name=labels.name, tags=tags)
             if run:
-                run_id = run.info.run_id
                 from mlflow.entities import Param
 
-                logged = {**self.run_params, **config, **({"seed": facts["seed"]} if self.stage == CONFIRM else {})}
-                params = [Param(str(k), str(v)[:500]) for k, v in sorted(logged.items())]
+                run_id = run.info.run_id
+                params = [Param(str(k), str(v)[:500]) for k, v in sorted({**self.run_params, **labels.params}.items())]
                 for i in range(0, len(params), 100):
                     self.client.log_batch(run_id, params=params[i : i + 100])
-                if self.datasets:
-                    self.client.log_inputs(run_id, datasets=dataset_inputs(self.datasets))
+                if self.lineage.datasets:
+                    self.client.log_inputs(run_id, datasets=dataset_inputs(self.lineage.datasets))
         if not rec:
             self.index.update(
-                trial.trial_id,
+                key,
                 created=time.time(),
-                config=config,
-                baseline=is_baseline,
+                **labels.record,
+                config=labels.config,
+                name=labels.name,
+                tags=labels.tags,
+                params=labels.params,
                 status=RUNNING,
                 history=[],
                 mlflow_run_id=run_id,
-                **facts,
             )
         elif run_id != rec.get("mlflow_run_id"):
-            self.index.update(trial.trial_id, mlflow_run_id=run_id)
+            self.index.update(key, mlflow_run_id=run_id)
         return run_id
 
-    def _set_status(self, trial: Any, status: str, error: str | None = None) -> None:
-        """MLflow first, then the index: an index that says a trial ended implies MLflow says so too
-        (and :func:`reconcile` repairs a driver killed between the two)."""
-        run_id = self.run_for(trial)
-        rec = self.index.get(trial.trial_id)
+    def end(self, key: str, status: str, error: str | None = None) -> None:
+        """A trial ended: MLflow first (its end metrics, then the status), then the index, then its stored state
+        shrinks. An index that says a trial ended implies MLflow says so too (and :func:`sync_study` repairs a
+        driver killed between the two)."""
+        rec = self.index.get(key)
         again = rec.get("status") == status and rec.get("ended")  # a restarted trial that ended again at once
-        score = None if again else rec.get("score")
+        metrics = {} if again else self.lineage.end_metrics(rec, status)
+        run_id = rec.get("mlflow_run_id")
         if run_id:
-            terminate_run(self.client, run_id, status, error, score, self.metric)
-        if not again:
-            rec = self.index.update(trial.trial_id, status=status, error=error, ended=time.time())
-            release_trial(self.study_dir, rec, self.keep_state)
+            terminate_run(self.client, run_id, status, error, metrics)
+        if again:
+            return
+        rec = self.index.update(key, status=status, error=error, ended=time.time(), end_metrics=metrics)
+        release_trial(self.parent.folder, rec, self.parent.keep_state)
+        if self.announce is not None:
+            self.announce(rec)
+
+    def _set_status(self, trial: Any, status: str, error: str | None = None) -> None:
+        self.run_for(trial)
+        self.end(self.lineage.key_of(trial), status, error)
 
     def adopt_ghost(self, trial: Any, trials: list) -> None:
         """A trial the index knows but Ray does not (the driver was killed after the trial started and before Ray's
@@ -304,11 +269,12 @@ class MLflowStudyCallback(Callback):
         if self.index.get(trial.trial_id):
             return
         known = {t.trial_id for t in trials}
-        config = trial_config(trial)
+        config = self.lineage.config_of(trial)
         for rec in self.index.all():
             if rec.get("status") == RUNNING and rec["trial_id"] not in known and rec.get("config") == config:
                 ghost = rec["trial_id"]
-                self.index.update(trial.trial_id, **{k: v for k, v in rec.items() if k != "trial_id"}, adopted=ghost)
+                fields = {k: v for k, v in rec.items() if k != "trial_id"}
+                self.index.update(trial.trial_id, **fields, adopted=ghost)
                 self.index.delete(ghost)
                 if rec.get("mlflow_run_id"):
                     self.client.set_tag(rec["mlflow_run_id"], "cktf.trial_id", trial.trial_id)
@@ -317,20 +283,26 @@ class MLflowStudyCallback(Callback):
 
     # -------------------------------------------------------------- Tune hooks
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info) -> None:
-        self.adopt_ghost(trial, trials)
+        if self.lineage.adopts_ghosts():
+            self.adopt_ghost(trial, trials)
         run_id = self.run_for(trial)
-        if self.index.get(trial.trial_id).get("status") in (FINISHED, PRUNED):
+        key = self.lineage.key_of(trial)
+        rec = self.index.get(key)
+        if rec.get("status") in (FINISHED, PRUNED):
             return  # restarted from a lagging Ray snapshot: the trainable exits at once, the record stands
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
-        self.index.update(trial.trial_id, status=RUNNING)
+        attempts = list(rec.get("trials", []))
+        if trial.trial_id not in attempts:
+            attempts.append(trial.trial_id)
+        self.index.update(key, status=RUNNING, trials=attempts, error=None, failure=None)
 
     on_trial_restore = on_trial_start
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info) -> None:
         run_id = self.run_for(trial)
         retries = int(getattr(trial, "num_failures", 0))
-        self.index.update(trial.trial_id, retries=retries)
+        self.index.update(self.lineage.key_of(trial), retries=retries)
         if run_id:
             self.client.set_tag(run_id, "cktf.retries", str(retries))
 
@@ -338,14 +310,15 @@ class MLflowStudyCallback(Callback):
         from mlflow.entities import Metric
 
         run_id = self.run_for(trial)
+        key = self.lineage.key_of(trial)
         if result.get(FAILURE_KEY):  # its last result says why it failed; on_trial_complete records the status
-            self.index.update(trial.trial_id, failure=str(result.get("cktf/error", "failed")))
+            self.index.update(key, failure=str(result.get("cktf/error", "failed")))
             return
         metrics = wanted_metrics(result)
         step = int(result.get("epoch", result.get("training_iteration", 1) - 1))
-        rec = self.index.get(trial.trial_id)
+        rec = self.index.get(key)
         ts = int(time.time() * 1000)
-        logged = self._logged_steps(trial.trial_id, run_id)
+        logged = self._logged_steps(key, run_id)
         if logged is not None and step not in logged and all(h.get("epoch") != step for h in rec.get("history", [])):
             # an epoch re-run after a restart is not logged twice (the index keeps the re-run's values)
             if self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()]) is not DOWN:
@@ -365,12 +338,13 @@ class MLflowStudyCallback(Callback):
             ]
             for i in range(0, len(batch) if run_id else 0, 500):
                 self.client.log_batch(run_id, metrics=batch[i : i + 500])
-            self.index.update(trial.trial_id, probe_curve=curve)
+            self.index.update(key, probe_curve=curve)
+        lineage = self.lineage
         self.index.update(
-            trial.trial_id,
+            key,
             history=history,
             iterations=int(result.get("epochs_done", len(history))),
-            score=select_epoch(history, self.metric, self.mode, self.selection).get(self.metric),
+            score=select_epoch(history, lineage.metric, lineage.mode, lineage.selection).get(lineage.metric),
             data=extra or rec.get("data"),
             node_id=result.get("cktf/node_id", rec.get("node_id")),
             pid=result.get("pid", rec.get("pid")),
@@ -381,42 +355,37 @@ class MLflowStudyCallback(Callback):
     def on_experiment_end(self, trials: list, **info) -> None:
         """Ray ended the experiment: a record still running that Ray never knew (a ghost nobody adopted: the
         restored searcher proposed another config) is marked failed, lost, so the index tells the truth."""
+        if not self.lineage.adopts_ghosts():
+            return
         known = {t.trial_id for t in trials}
         for rec in self.index.all():
-            if rec.get("status") == RUNNING and rec["trial_id"] not in known:
+            if rec.get("status") == RUNNING and rec["trial_id"] not in known and rec.get("stage") == self.lineage.stage:
                 error = "lost: the driver was killed before Ray recorded this trial, and no resumed trial took it over"
-                if rec.get("mlflow_run_id"):
-                    terminate_run(self.client, rec["mlflow_run_id"], FAILED, error, None, self.metric)
-                self.index.update(rec["trial_id"], status=FAILED, error=error, ended=time.time())
+                self.end(rec["trial_id"], FAILED, error)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info) -> None:
         self.index.update(
-            trial.trial_id, checkpoint=checkpoint.path, checkpoint_fs=type(checkpoint.filesystem).__name__
+            self.lineage.key_of(trial),
+            checkpoint=checkpoint.path,
+            checkpoint_fs=type(checkpoint.filesystem).__name__,
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
-        rec = self.index.get(trial.trial_id)
+        key = self.lineage.key_of(trial)
+        rec = self.index.get(key)
         if rec.get("failure"):
             self._set_status(trial, FAILED, rec["failure"])
             return
-        done = int(rec.get("iterations", 0)) >= self.max_t
-        self._set_status(trial, FINISHED if done else PRUNED)
-        run_id = self.index.get(trial.trial_id).get("mlflow_run_id")
-        if run_id and self.asha is not None and self.stage == SEARCH:
-            self.client.set_tag(run_id, "cktf.rung", str(rung_of(int(rec.get("iterations", 0)), *self.asha)))
+        if int(rec.get("iterations", 0)) >= self.lineage.epochs_of(key):
+            self._set_status(trial, FINISHED)
+        else:
+            self._set_status(trial, *self.lineage.ended_early(rec))
+        run_id = self.index.get(key).get("mlflow_run_id")
+        if run_id and self.lineage.asha is not None:
+            self.client.set_tag(run_id, "cktf.rung", str(rung_of(int(rec.get("iterations", 0)), *self.lineage.asha)))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
-        self._set_status(trial, FAILED, trial_error_text(trial) or "trial failed (see the Ray trial directory)")
-
-
-def trial_error_text(trial: Any) -> str | None:
-    """The error a failed Ray trial left in its error file, or ``None`` (best effort: the status is what matters)."""
-    try:
-        if trial.error_file and Path(trial.error_file).exists():
-            return Path(trial.error_file).read_text()
-    except Exception:
-        return None
-    return None
+        self._set_status(trial, FAILED, _error_text(trial) or "trial failed (see the Ray trial directory)")
 
 
 def _starts(rec: dict[str, Any], result: dict) -> list[int]:
@@ -428,47 +397,4 @@ def _starts(rec: dict[str, Any], result: dict) -> list[int]:
     return starts
 
 
-def terminate_run(
-    client: Any, run_id: str, status: str, error: str | None = None, score: float | None = None, metric: str = ""
-) -> None:
-    """Set a trial run's final status in MLflow (idempotent); ``score``: the ``metric`` at its selected epoch,
-    logged as ``selected_<metric>``."""
-    client.set_tag(run_id, "cktf.status", status)
-    if error:
-        client.set_tag(run_id, "cktf.error", error[-4000:])
-    if score is not None:
-        client.log_metric(run_id, f"selected_{metric or 'score'}", float(score))
-    client.set_terminated(run_id, MLFLOW_STATUS[status])
-
-
-def git_commit() -> str:
-    """The commit of the installed cktf checkout (``unknown`` outside a git checkout)."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def parent_run(
-    client: Any, experiment: str, state: dict[str, Any], tags: dict[str, str], params: dict[str, Any]
-) -> tuple[str, str]:
-    """``(experiment_id, parent_run_id)``: the run named in the study's ``state`` (a resumed study), else a new one
-    tagged ``tags`` with ``params`` logged once."""
-    from mlflow.entities import Param
-
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    if state.get("parent_run_id"):
-        client.update_run(state["parent_run_id"], status="RUNNING")
-        client.set_tag(state["parent_run_id"], "cktf.study_status", "running")
-        return exp_id, state["parent_run_id"]
-    run = client.create_run(exp_id, run_name=f"study:{tags.get('cktf.study', '')}", tags=tags)
-    items = [Param(k, str(v)[:500]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
-    return exp_id, run.info.run_id
+__all__ = ["ParentRun", "StageLineage", "TrialCallback", "TrialLabels"]

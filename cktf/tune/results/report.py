@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .lineage import run_name
+from .mlflow_runs import run_name
 from .reader import FINISHED, PRUNED, RUNNING, StudyResults, TrialResult, resolve_study_dir
 from .stats import binomial_se
 

@@ -7,8 +7,8 @@ The trial index is the source of truth (docs/architecture.md); MLflow is a view 
   restarting, answers 5xx) is retried with backoff for up to ``budget_s`` seconds. A server that stays down longer
   is reported once, clearly; the study goes on (its results stay in the index) and later calls are skipped, except
   one attempt every :data:`RECHECK_S` seconds. When the server answers again, ``on_back`` replays what it missed.
-* :func:`sync_study` makes MLflow equal to the index: every trial's run (created if missing), its params, every
-  epoch's metrics (each step once), its final status, and the parent run's status, best trial and artifacts.
+
+What MLflow missed is replayed from the index by :func:`~.mlflow_runs.sync_study`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -156,98 +155,4 @@ class _Down:
 DOWN = _Down()
 
 
-# ------------------------------------------------------------------------------------------ replay
-
-
-def sync_study(tracking: Any, store: Any, experiment_id: str, parent_id: str, metric: str) -> dict[str, int]:
-    """Make MLflow hold exactly what the study's trial index holds; returns what it had to add or fix.
-
-    Idempotent: a second call adds nothing. Each epoch is logged once (steps already in the run are skipped)."""
-    from mlflow.entities import Metric, Param
-
-    from .lineage import terminate_run, trial_tags
-    from .reader import MLFLOW_STATUS, TERMINAL, TrialIndex
-
-    index = TrialIndex(store)
-    done = {"runs_created": 0, "epochs_logged": 0, "statuses_fixed": 0}
-    for rec in index.all():
-        run_id = rec.get("mlflow_run_id")
-        if run_id:
-            try:
-                run = tracking.get_run(run_id)
-            except Exception as exc:  # deleted, or another store: find or create it again
-                log.info("trial %s: its run %s is not found (%s)", rec["trial_id"], run_id, exc)
-                run = None
-        else:
-            run = None
-        if run is DOWN:
-            return done
-        if run is None:
-            found = tracking.search_runs(
-                [experiment_id],
-                filter_string=f"tags.`cktf.trial_id` = '{rec['trial_id']}' and tags.`cktf.parent` = '{parent_id}'",
-                max_results=1,
-            )
-            if found is DOWN:
-                return done
-            if found:
-                run = found[0]
-            else:
-                tags = trial_tags(parent_id, rec["trial_id"], store.uri.rsplit("/", 1)[-1], bool(rec.get("baseline")))
-                run = tracking.create_run(experiment_id, run_name=rec["trial_id"], tags=tags)
-                params = [Param(str(k), str(v)[:500]) for k, v in sorted(rec.get("config", {}).items())]
-                for i in range(0, len(params), 100):
-                    tracking.log_batch(run.info.run_id, params=params[i : i + 100])
-                done["runs_created"] += 1
-            index.update(rec["trial_id"], mlflow_run_id=run.info.run_id)
-        run_id = run.info.run_id
-        history = tracking.get_metric_history(run_id, metric)
-        if history is DOWN:
-            return done
-        logged = {int(m.step) for m in history}
-        ts = int(time.time() * 1000)
-        for row in rec.get("history", []):
-            if int(row["epoch"]) in logged:
-                continue
-            values = [Metric(k, float(v), ts, int(row["epoch"])) for k, v in row.items() if k != "epoch"]
-            tracking.log_batch(run_id, metrics=values)
-            done["epochs_logged"] += 1
-        status = rec.get("status")
-        if status in TERMINAL and (
-            run.info.status != MLFLOW_STATUS[status] or run.data.tags.get("cktf.status") != status
-        ):
-            terminate_run(tracking, run_id, status, rec.get("error"), rec.get("score"), metric)
-            done["statuses_fixed"] += 1
-    return done
-
-
-def sync_parent(tracking: Any, results: Any, parent_id: str) -> None:
-    """The parent run's final status, best trial and artifacts, from the study's state (after a complete study)."""
-    import tempfile
-
-    status = results.state.get("status")
-    if status not in ("complete", "failed", "incomplete"):
-        return
-    run = tracking.get_run(parent_id)
-    if run is DOWN:
-        return
-    best = results.best() if status == "complete" else None
-    if best is not None and run.data.tags.get("cktf.best_trial") != best.trial_id:
-        tracking.log_metric(parent_id, f"best/{results.metric}", float(best.score))
-        if best.test is not None:
-            tracking.log_metric(parent_id, f"best/{results.test_metric}", float(best.test))
-        tracking.set_tag(parent_id, "cktf.best_trial", best.trial_id)
-    have = {a.path for a in (tracking.list_artifacts(parent_id) or [])}
-    for folder, name in (("report", "report"), ("best", "best_student")):
-        if name in have or not results.store.list(folder):
-            continue
-        local = results.store.local_path(folder)
-        if local is None:
-            local = Path(tempfile.mkdtemp(prefix="cktf-sync-"))
-            for f in results.store.list(folder):
-                results.store.download(local / f, folder, f)
-        tracking.log_artifacts(parent_id, str(local), name)
-    want = {"complete": "FINISHED", "failed": "FAILED"}.get(status, "KILLED")
-    if run.info.status != want or run.data.tags.get("cktf.study_status") != status:
-        tracking.set_tag(parent_id, "cktf.study_status", status)
-        tracking.set_terminated(parent_id, want)
+__all__ = ["DEFAULT_BUDGET_S", "DOWN", "Tracking", "quiet_mlflow_retries", "transient"]

@@ -1,6 +1,6 @@
-"""The study's live view in the terminal (docs/studies.md, "Watching a study").
+"""The live view in the terminal (docs/studies.md, "Watching a study"), for every stage of a study or a campaign.
 
-A header (the study, its size, resources, where results go, the MLflow run), then one row per trial as it ends
+A header (the run, its size, resources, where results go, the MLflow run), then one row per trial as it ends
 (status, epochs, the metric, the searched values, short), and a progress line: finished, pruned, failed and running
 counts, elapsed time, an ETA and the best so far. On a terminal the progress line is redrawn in place; elsewhere (CI
 logs, a pipe) it is printed after each row, so a log reads top to bottom. Ray's own output and the diagnostics go to
@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from ..results.lineage import run_name, short_params
+from ..results.mlflow_runs import run_name, short_params
 from ..results.reader import CONFIRM, FAILED, FINISHED, PRUNED, RUNNING, SEARCH, TrialIndex
 
 
@@ -28,20 +28,12 @@ class LiveView(Callback):
     """A Tune callback that prints the compact view; it reads each trial's final status from the trial index
     (written by the MLflow callback, which runs first)."""
 
-    def __init__(
-        self,
-        study_dir: str,
-        metric: str,
-        mode: str,
-        num_trials: int,
-        max_t: int,
-        searched: list[str] | None = None,
-        stage: str = SEARCH,
-        concurrency: int = 1,
-        stream: TextIO | None = None,
-    ):
-        self.study_dir, self.metric, self.mode = study_dir, metric, mode
-        self.num_trials, self.max_t, self.searched, self.stage = int(num_trials), int(max_t), searched, stage
+    def __init__(self, folder: str, stage: Any, concurrency: int = 1, stream: TextIO | None = None):
+        lineage = stage.lineage
+        self.study_dir, self.metric, self.mode = folder, lineage.metric, lineage.mode
+        self.num_trials, self.max_t, self.stage = int(stage.count), int(lineage.epochs), lineage.stage
+        self.searched = list(stage.searched) or None
+        self.key_of = lineage.key_of
         self.concurrency = max(int(concurrency), 1)
         self._stream = stream
         self.t0 = time.time()
@@ -78,8 +70,8 @@ class LiveView(Callback):
         return (max if self.mode == "max" else min)(scored, key=lambda r: r["score"])
 
     def row(self, rec: dict[str, Any]) -> str:
-        head = run_name({**rec, "config": {}, "baseline": False}).split(" ")[0]
-        if rec.get("stage") == CONFIRM:
+        head = rec.get("head") or run_name({**rec, "config": {}, "baseline": False}).split(" ")[0]
+        if rec.get("stage") == CONFIRM and not rec.get("head"):
             head = f"{head} s{int(rec.get('seed', 0))}"
         score = rec.get("score")
         value = f"{score:7.2f}" if isinstance(score, int | float) else "      -"
@@ -122,7 +114,7 @@ class LiveView(Callback):
             self._write(self.progress(self.records()), transient=True)
 
     def _ended(self, trial: Any) -> None:
-        rec = TrialIndex(self.study_dir).get(trial.trial_id)
+        rec = TrialIndex(self.study_dir).get(self.key_of(trial))
         if not rec:
             return
         start = self._started.pop(trial.trial_id, None)

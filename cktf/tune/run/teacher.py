@@ -57,16 +57,54 @@ def teacher_resources(cfg: StudyConfig) -> dict[str, float]:
     return {"cpu": max(cpus, default=0.0) or cfg.resources.cpu, "gpu": 0.0}
 
 
-def _train_teacher_task(cfg: StudyConfig, data: dict[str, Any], out_dir: str) -> tuple[dict[str, Any], dict]:
-    """Ray task: train the study's teacher once on the shared train split (resumable in ``out_dir``)."""
+def train_teacher_task(cfg: StudyConfig, data: dict[str, Any], out_dir: str) -> tuple[dict[str, Any], dict]:
+    """Ray task: train a study's (or a campaign cell's) teacher once on the shared train split (plain cross-entropy,
+    the teacher recipe; resumable in ``out_dir``, so a killed run goes on from the teacher's last epoch)."""
+    import time
+
     from ...train.checkpoint import load_model
     from ...train.runner import fit, prepare_run
     from .shared import splits_from_shared, teacher_to_shared
 
     import_plugins(cfg.plugins)
+    t0 = time.perf_counter()
     summary = fit(prepare_run(teacher_run_config(cfg, out_dir), splits=splits_from_shared(data)))
     model, meta = load_model(summary["weights_best"])
-    return teacher_to_shared(model, meta, summary["weights_best"]), summary
+    return teacher_to_shared(model, meta, summary["weights_best"]), {**summary, "wall_s": time.perf_counter() - t0}
+
+
+def start_training(cfg: StudyConfig, data_ref: Any, out_dir: str) -> Any:
+    """Launch :func:`train_teacher_task` with the teacher's resources (:func:`teacher_resources`); returns its
+    future (several teachers train at once when the cluster has room)."""
+    import ray
+
+    res = teacher_resources(cfg)
+    task = ray.remote(train_teacher_task).options(num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=0)
+    return task.remote(cfg, data_ref, out_dir)
+
+
+def store_trained(cache: Any, key: Any, shared: dict[str, Any], summary: dict[str, Any], by: str) -> Any:
+    """A teacher just trained, into the teacher cache (weights with their key in the header); returns the entry."""
+    from ...train.checkpoint import save_model_weights
+    from .shared import teacher_from_shared
+
+    model, _ = teacher_from_shared(shared)
+    with tempfile.TemporaryDirectory(prefix="cktf-teacher-") as tmp:
+        local = Path(tmp) / TEACHER_FILE
+        save_model_weights(local, model, {**shared["meta"], "teacher_key": key.digest})
+        return cache.put(key, local, summary, by=by)
+
+
+def from_cache(cache: Any, key: Any, scratch: Path) -> tuple[Any, dict[str, Any], Any] | None:
+    """``(model, meta, entry)`` of a verified teacher-cache entry (trained before, by any study or campaign), or
+    ``None`` when the cache has none (a corrupt or stale entry is none: it is trained again)."""
+    from ...train.checkpoint import load_model
+
+    entry = cache.lookup(key)
+    if entry is None:
+        return None
+    model, meta = load_model(cache.local_weights(entry, scratch), "teacher")
+    return model, meta, entry
 
 
 def teacher_cache_key(cfg: StudyConfig, splits: Any) -> tuple[Any, Any]:
@@ -134,9 +172,9 @@ def obtain_teacher(
 
         splits = load_splits(cfg.teacher.data, progress=progress)
     cache, key = teacher_cache_key(cfg, splits)
-    entry = cache.lookup(key) if key is not None else None
-    if entry is not None:  # trained before, by this or another study or campaign: reused, not trained again
-        model, meta = load_model(cache.local_weights(entry, scratch), "teacher")
+    found = from_cache(cache, key, scratch) if key is not None else None
+    if found is not None:  # trained before, by this or another study or campaign: reused, not trained again
+        model, meta, entry = found
         local = store.local_path(TEACHER_FILE) or scratch / TEACHER_FILE
         save_model_weights(local, model, meta)
         store.upload(local, TEACHER_FILE)
@@ -159,18 +197,17 @@ def obtain_teacher(
     start = f" from {cfg.teacher.weights}" if cfg.teacher.weights else ""
     say(f"teacher {cfg.teacher.arch}: training {cfg.teacher.train.epochs} epochs{start}, once for the study ...")
     t0 = time.perf_counter()
-    task = ray.remote(_train_teacher_task).options(num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=0)
     if cfg.teacher.data is not None:
         data_ref = ray.put(splits_to_shared(splits))
     out_dir = store.local_path("teacher") or scratch / "teacher"
-    shared, summary = ray.get(task.remote(cfg, data_ref, str(out_dir)))
+    shared, summary = ray.get(start_training(cfg, data_ref, str(out_dir)))
     model, _ = teacher_from_shared(shared)
     meta = {**shared["meta"], "teacher_summary": summary}
     local = store.local_path(TEACHER_FILE) or scratch / TEACHER_FILE
     save_model_weights(local, model, meta)
     store.upload(local, TEACHER_FILE)
     if key is not None:
-        cache.put(key, local, {**summary, "wall_s": time.perf_counter() - t0}, by=f"study {cfg.name}")
+        cache.put(key, local, summary, by=f"study {cfg.name}")
     facts = {k: summary.get(k) for k in ("val_acc", "test_acc", "epochs")}
     write_state(store, teacher={**facts, **({"cache": key.digest} if key is not None else {}), "trained": True})
     acc = summary.get("val_acc")

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,10 @@ class TuneReporter(Callback):
         self.out_dir, self.extra = out_dir, extra
 
     def on_checkpoint(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.report(epoch, metrics)
+
+    def report(self, epoch: int, metrics: dict[str, Any], checkpoint: bool = True) -> None:
+        """One epoch's result (with the run directory as its checkpoint unless ``checkpoint`` is false)."""
         result: dict[str, Any] = {
             k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
@@ -165,6 +170,9 @@ class TuneReporter(Callback):
             result["probe/curve"] = metrics["probe/curve"]
         result["epochs_done"] = epoch + 1  # ASHA's time axis: epochs, not Tune's per-process report count
         result.update(self.extra)
+        if not checkpoint:
+            tune.report(result)
+            return
         with tempfile.TemporaryDirectory(prefix="cktf-ckpt-") as tmp:
             for name in CHECKPOINT_FILES:
                 src = self.out_dir / name
@@ -172,53 +180,97 @@ class TuneReporter(Callback):
                     snapshot_file(src, Path(tmp) / name)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
+    def replay(self, rows: list[dict[str, Any]]) -> None:
+        """Epochs this node trained that no driver saw (it was stopped before they were reported): reported now, in
+        order, the last with the checkpoint, so the index and the scheduler see every epoch once."""
+        for i, row in enumerate(rows):
+            self.report(int(row["epoch"]), row, checkpoint=i == len(rows) - 1)
 
-def run_trial(
-    config: dict[str, Any],
-    study: StudyConfig | None = None,
-    store: StudyStore | None = None,
-    data: dict[str, Any] | None = None,
-    teacher: dict[str, Any] | None = None,
-    probe_data: dict[str, Any] | None = None,
-) -> None:
-    """Function trainable; ``config`` holds the sampled values (flat names, e.g. ``alpha1``, ``optim.lr``), or a
-    confirmation run's ``_point`` (the configuration plus its ``_seed``)."""
+
+def unreported(run_dir: Path, reported: int) -> list[dict[str, Any]]:
+    """The epochs of ``run_dir`` (its ``metrics.jsonl``, covered by its resume state) after the first ``reported``."""
+    import json
+
+    done = epochs_done(run_dir)
+    if done <= reported:
+        return []
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return rows[reported:done]
+
+
+@dataclass(frozen=True)
+class TrialInputs:
+    """What every trial of a stage receives (once, through the object store): the study, the run's folder, and
+    object references to the shared data, teacher and probe data. With ``cells`` (a campaign), each grid point names
+    its one-trial study (``_cell``), and ``data`` and ``teacher`` map the point's data key and pair to references,
+    so a trial fetches only its own."""
+
+    store: StudyStore
+    study: StudyConfig | None = None
+    data: Any = None
+    teacher: Any = None
+    probe_data: Any = None
+    cells: dict[str, StudyConfig] | None = None
+
+    def resolve(self, config: dict[str, Any]) -> tuple[StudyConfig, dict[str, Any], dict[str, Any] | None, Any]:
+        """``(study, data, teacher, probe data)`` of the trial with ``config``, fetched from the object store."""
+        import ray
+
+        def get(ref: Any) -> Any:
+            return ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+
+        if self.cells is None:
+            return self.study, get(self.data), get(self.teacher), get(self.probe_data)
+        study = self.cells[config["_cell"]]
+        teacher = get(self.teacher[config["_pair"]]) if study.objective.needs_teacher else None
+        return study, get(self.data[config["_data"]]), teacher, None
+
+
+def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
+    """Function trainable of every stage; ``config`` holds the sampled values (flat names, e.g. ``alpha1``,
+    ``optim.lr``), or a grid point ``_point`` (a confirmation run's configuration and ``_seed``; a campaign run's
+    ``_key``, ``_cell``, ``_data``, ``_pair`` and ``_seed``)."""
     import torch
 
-    from ..results.lineage import flat_config
+    from ..results.mlflow_runs import flat_config
 
     config = flat_config(config)
-
+    study, data, teacher, probe_data = inputs.resolve(config)
+    store = inputs.store
     cfg = study
     import_plugins(cfg.plugins)  # the user's own methods and models, registered in this worker too
     trial_id = tune.get_context().get_trial_id()
-    ended = already_ended(store, trial_id)
+    key = str(config.get("_key") or trial_id)  # the index's key: the trial, or a grid point's (a campaign's run)
+    ended = already_ended(store, key)
     if ended is not None:
         # report the recorded last epoch once more (Tune requires a result with the metric), train nothing
-        log.info("trial %s already ended before the driver restarted; nothing to do", trial_id)
+        log.info("trial %s already ended before the driver restarted; nothing to do", key)
         history = ended.get("history") or [{}]
         tune.report({**history[-1], "epochs_done": int(ended.get("iterations", len(history)))})
         return
-    key = str(config.get("_key") or trial_id)  # the index's key: the trial, or a campaign's run
     out = trial_workdir(store.uri, key)  # node-local, outside what Ray syncs as experiment state
     collect_ended(store.uri, ended_trials(store), keep=key)
     ckpt = tune.get_checkpoint()
-    adopted = TrialIndex(store).get(trial_id)
-    if ckpt is None and adopted.get("adopted") and adopted.get("checkpoint"):
-        # this trial took over a ghost's record (lineage.adopt_ghost): go on from the ghost's last checkpoint
-        fs, path = checkpoint_filesystem(adopted)
+    record = TrialIndex(store).get(key)
+    if ckpt is None and record.get("checkpoint") and (record.get("adopted") or config.get("_key")):
+        # the record's checkpoint is this trial's own: a ghost's it took over (TrialCallback.adopt_ghost), or a
+        # grid point's from an earlier driver (a campaign's run goes on where it was)
+        fs, path = checkpoint_filesystem(record)
         ckpt = tune.Checkpoint(path, filesystem=fs)
-        log.info("trial %s goes on from the checkpoint of trial %s", trial_id, adopted["adopted"])
+        log.info("trial %s goes on from its recorded checkpoint (%s)", key, record.get("adopted") or "earlier run")
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            # the run directory on this node may be newer than the checkpoint Ray restored (the driver's
-            # experiment snapshot can lag its last checkpoint when it is killed): keep the newer one
-            if epochs_done(Path(d)) > epochs_done(out):
-                for name in CHECKPOINT_FILES:
-                    if (Path(d) / name).exists():
-                        shutil.copy2(Path(d) / name, out / name)
+        try:
+            with ckpt.as_directory() as d:
+                # the run directory on this node may be newer than the checkpoint Ray restored (the driver's
+                # experiment snapshot can lag its last checkpoint when it is killed): keep the newer one
+                if epochs_done(Path(d)) > epochs_done(out):
+                    for name in CHECKPOINT_FILES:
+                        if (Path(d) / name).exists():
+                            shutil.copy2(Path(d) / name, out / name)
+        except (OSError, ValueError) as exc:  # gone (cleaned up): the trial starts again, from scratch
+            log.warning("trial %s: its last checkpoint is unreadable (%s); it starts again", key, exc)
     if epochs_done(out):
-        log.info("trial %s resumes after epoch %d", trial_id, epochs_done(out))
+        log.info("trial %s resumes after epoch %d", key, epochs_done(out))
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}
     t_model, t_arch = teacher_from_shared(teacher) if teacher else (None, None)
     run_cfg = trial_run_config(cfg, sampled, str(out), teacher["path"] if teacher else None, config.get("_seed"))
@@ -233,10 +285,14 @@ def run_trial(
         "cktf/gpu_ids": ",".join(gpu_ids),
         "cktf/gpu_share": float(cfg.resources.gpu),
         "cktf/gpu_memory_capped": float(capped),
-        "cktf/start_epoch": float(epochs_done(out)),  # > 0: this process went on from a checkpoint
     }
+    backlog = unreported(out, int(record.get("iterations", 0)))
+    # > 0: this process went on from a checkpoint (its first result is the epoch after this one)
+    extra["cktf/start_epoch"] = float(epochs_done(out) - len(backlog))
     prepared = prepare_run(run_cfg, splits=splits_from_shared(data), teacher=t_model, teacher_arch=t_arch)
-    callbacks: list[Callback] = [TuneReporter(out, extra)]
+    reporter = TuneReporter(out, extra)
+    reporter.replay(backlog)
+    callbacks: list[Callback] = [reporter]
     if cfg.probe is not None:
         probe = ProbeCallback(
             prepared.distiller.student, splits_from_shared(probe_data), cfg.probe, run_cfg.train.epochs, prepared.device
@@ -249,7 +305,7 @@ def run_trial(
         # deterministic: a retry would fail the same way, so the trial ends now, reported as failed (never retried;
         # retries are for infrastructure failures)
         message = f"trial stopped: {exc} (lower optim.lr or the loss weights in search.space)"
-        log.warning("trial %s: %s", trial_id, message)
+        log.warning("trial %s: %s", key, message)
         tune.report(
             {cfg.search.metric: float("nan"), "epochs_done": epochs_done(out), FAILURE_KEY: 1.0, "cktf/error": message}
         )
