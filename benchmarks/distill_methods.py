@@ -10,8 +10,12 @@ default ``fused``.
 Part 2 (runs, ``--epochs > 0``): trains a teacher once, then every objective for a few epochs through
 the normal trainer on a CIFAR-10 slice, and prints each one's test accuracy and wall time.
 
+Every objective ``cktf distillers`` lists is included by default (the later methods too: ``dkd``, ``dist``,
+``reviewkd``, ``kd-ls``, ``dkd-ls`` and their ``cktf+X``); ``--methods`` picks some.
+
     .venv/bin/python benchmarks/distill_methods.py --root DATA_ROOT                     # timing, Table 1 pair
     .venv/bin/python benchmarks/distill_methods.py --methods kd,crd,cktf --scoring-variants
+    .venv/bin/python benchmarks/distill_methods.py --methods kd,dkd,dist,reviewkd,kd-ls,dkd-ls   # the later methods
     .venv/bin/python benchmarks/distill_methods.py --teacher resnet14 --student resnet8 --epochs 1   # + short runs
 """
 

@@ -36,9 +36,27 @@ ANCHOR_COLUMNS = {
     "crd+kd": "crd_kd",
     "cktf": "cktf",
     "cktf+kd": "cktf_kd",
+    "reviewkd": "reviewkd",
+    "dkd": "dkd",
+    "dist": "dist",
+    "kd-ls": "kd_ls",
+    "dkd-ls": "dkd_ls",
 }
 #: the anchors' accuracy columns (the CSV's header, less dataset/teacher/student/source)
-ANCHOR_FIELDS = ("teacher_acc", "student_ce_acc", "kd", "crd", "crd_kd", "cktf", "cktf_kd")
+ANCHOR_FIELDS = (
+    "teacher_acc",
+    "student_ce_acc",
+    "kd",
+    "crd",
+    "crd_kd",
+    "cktf",
+    "cktf_kd",
+    "reviewkd",
+    "dkd",
+    "dist",
+    "kd_ls",
+    "dkd_ls",
+)
 #: the most runs a campaign accepts without ``allow_large`` (a guard against a typo in ``seeds``)
 MAX_RUNS = 2000
 
@@ -90,7 +108,7 @@ class MethodSpec(Config):
     """fixed fields of the method (the official defaults otherwise): alpha1, nce_k, fitnet.beta, theta, ..."""
     anchor: str | None = None
     """the accuracy-anchors column holding its published number (default by distiller: ce, kd, crd, crd+kd, cktf,
-    cktf+kd; none: no published number)"""
+    cktf+kd, reviewkd, dkd, dist, kd-ls, dkd-ls; none: no published number)"""
 
     @model_validator(mode="before")
     @classmethod

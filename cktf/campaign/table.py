@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..tune.results.anchors import anchor_row
 from ..tune.results.reader import BEST_EPOCH, FAILED, FINISHED, select_epoch
-from ..tune.results.report import anchor_row
 from ..tune.results.stats import PairedDiff, Spread, paired_diff, spread
 from .plan import CampaignPlan
 
@@ -243,7 +243,8 @@ def build_table(
             comparisons.append(compare(p.label, cells.get((p.label, ours)), base, cfg.table.level))
     if any_published:
         notes.append(
-            "published: the accuracy anchors (docs/algorithm.md §10: the CKTF paper's Table 1); Δ = mean - published"
+            "published: the accuracy anchors (docs/algorithm.md §10: the CKTF paper's Table 1, and the DKD, DIST, "
+            "ReviewKD and logit standardization papers for their columns); Δ = mean - published"
         )
         if score != "max_over_epochs":
             notes.append(

@@ -1,6 +1,6 @@
 """Distillers: one registered loss term per method (``LOSS_TERMS``), composed into objectives (``cktf distillers``)."""
 
-from . import ab, at, cc, ce, cktf, crd, fitnet, fsp, ft, kd, nst, pkt, rkd, sp, vid  # noqa: F401  (registration)
+from . import ab, at, cc, ce, cktf, crd, dist, dkd, fitnet, fsp, ft, kd, nst, pkt, reviewkd, rkd, sp, vid  # noqa: F401
 from ._base import LOSS_TERMS, DistillContext, Distiller, InitStage, LossTerm, StepOutput, TermConfig, Weight
 from .ce import SUPERVISED
 from .compose import Objective, ObjectiveConfig, build_distiller, objective, objective_names

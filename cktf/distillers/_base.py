@@ -91,6 +91,8 @@ class LossTerm(nn.Module):
     needs_teacher: ClassVar[bool] = True
     #: False when only logits are needed (skips collecting features)
     needs_features: ClassVar[bool] = True
+    #: True when the loss itself reads ``batch["target"]`` (DKD): refused on unlabeled data even with ``gamma = 0``
+    needs_labels: ClassVar[bool] = False
     #: the study's ``search.space`` when the study names none (field names of :attr:`config_cls`, or ``optim.*``)
     search_space: ClassVar[Mapping[str, ParamSpec]] = LR_SPACE
     #: named variants: preset name -> field overrides (``cktf-paper``: the paper text's weights)
@@ -111,6 +113,8 @@ class LossTerm(nn.Module):
         self.ctx = ctx
         #: ``official``, or ``generalised`` where the term uses the generalised pairing (:mod:`.pairing`)
         self.pairing = "official"
+        #: the 0-based main-stage epoch being trained (:meth:`on_epoch_start`); 0 until the trainer says otherwise
+        self.epoch = 0
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The method's weighted loss terms (names become ``loss/<name>`` in the metrics)."""
@@ -137,6 +141,13 @@ class LossTerm(nn.Module):
     def on_train_start(self, student: DistillModel) -> None:
         """Hook before the main stage (e.g. FT freezes its paraphraser)."""
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook before every main-stage epoch: records ``epoch`` as :attr:`epoch`. It counts from 0, as the training
+        loop does, and a run resumed at epoch ``k`` calls it with ``k`` (nothing about it is checkpointed). DKD and
+        ReviewKD read it for their linear warm-up (:func:`linear_warmup`); a term that overrides this calls super.
+        """
+        self.epoch = int(epoch)
+
 
 class Distiller(nn.Module):
     """Student + frozen teacher + weighted loss terms: the object the trainer optimises."""
@@ -161,6 +172,7 @@ class Distiller(nn.Module):
         self.weights = {k: float((weights or {}).get(k, 1.0)) for k in terms}
         self.name = name
         self.needs_features = any(type(t).needs_features for t in terms.values())
+        self.needs_labels = any(type(t).needs_labels for t in terms.values())
         self._forwards: dict[str, Callable[[Tensor], DistillOutput]] = {}  # compiled model forwards, if any
         if self.teacher is not None:
             self.teacher.eval()
@@ -219,6 +231,12 @@ class Distiller(nn.Module):
         for t in self.terms.values():
             t.on_train_start(self.student)
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Tell every term the 0-based epoch about to run (:meth:`LossTerm.on_epoch_start`); the trainer calls it
+        before each main-stage epoch, so a resumed run passes the epoch it resumes at."""
+        for t in self.terms.values():
+            t.on_epoch_start(int(epoch))
+
     def run_params(self) -> dict[str, str]:
         """What a run logs about its distiller besides its config: ``<term>/pairing`` for every term (``official``,
         or ``generalised`` for the extension of docs/models.md)."""
@@ -256,6 +274,21 @@ class Distiller(nn.Module):
         missing = [k for k in missing if not k.startswith("teacher.")]
         if missing or unexpected:
             raise RuntimeError(f"checkpoint does not match the distiller: missing {missing}, unexpected {unexpected}")
+
+
+def linear_warmup(epoch: int, warmup: int) -> float:
+    """The loss factor of a linear warm-up over ``warmup`` epochs at the 0-based ``epoch``: ``min((epoch + 1) /
+    warmup, 1)``, 1 when ``warmup`` is 0.
+
+    mdistiller counts epochs from 1 (``BaseTrainer.train``: ``epoch = 1``, and ``forward_train(..., epoch=epoch)``) and
+    uses ``min(epoch / warmup, 1.0)`` (``mdistiller/distillers/DKD.py``, ``ReviewKD.py``): the first epoch trains at
+    ``1 / warmup``, epoch ``warmup`` (1-based) and later at 1. This loop counts from 0, hence the ``+ 1``: the factors
+    epoch by epoch are the official ones. (The original ReviewKD code, dvlab-research/ReviewKD ``CIFAR-100/train.py``,
+    counts from 0 and starts at 0; mdistiller's count is the one followed here.)
+    """
+    if warmup <= 0:
+        return 1.0
+    return min((int(epoch) + 1) / warmup, 1.0)
 
 
 def _logits_only(model: DistillModel, image: Tensor) -> DistillOutput:

@@ -1,4 +1,12 @@
-"""Distilling the Knowledge in a Neural Network (Hinton, Vinyals & Dean, 2015)."""
+"""Distilling the Knowledge in a Neural Network (Hinton, Vinyals & Dean, 2015), with the optional logit
+standardization of Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024 (``logit_std``).
+
+The KD loss is RepDistiller ``distiller_zoo/KD.py`` (``DistillKL``); with ``logit_std`` both sides' logits are first
+z-scored per sample (:func:`~cktf.losses.standardize_logits`), as sunshangquan/logit-standardization-KD
+``mdistiller/distillers/KD.py`` (``kd_loss(..., logit_stand=True)``; its ``reduction="none"`` then ``.sum(1).mean()``
+times ``T^2`` is this ``sum * T^2 / B``). The preset ``kd-ls`` is that repository's CIFAR-100 recipe (``tools/train.py
+--logit-stand --base-temp 2 --kd-weight 9`` on its ``mdistiller/engine/cfg.py``, CE weight 1): docs/algorithm.md §11.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ from pydantic import model_validator
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..losses import standardize_logits
 from ..models import DistillOutput
 from ..space import log_uniform, uniform
 from ._base import LOSS_TERMS, LossTerm, TermConfig, Weight
@@ -33,7 +42,9 @@ class KDConfig(TermConfig):
     alpha: Weight = 0.9
     """KD weight (-a)"""
     temperature: float = 4.0
-    """softmax temperature T"""
+    """softmax temperature T (the base temperature with logit_std)"""
+    logit_std: bool = False
+    """logit standardization (CVPR 2024): z-score each sample's logits, student and teacher, before the temperature"""
 
     @model_validator(mode="after")
     def _check_kdconfig(self) -> KDConfig:
@@ -50,6 +61,9 @@ class KD(LossTerm):
     #: the KD weight and the temperature around the official 0.9 and 4
     search_space = {"alpha": uniform(0.0, 2.0), "temperature": log_uniform(1.0, 8.0)}
     needs_features = False
+    #: ``kd-ls``: KD with logit standardization at the official CIFAR-100 setting (base temperature 2, KD weight 9,
+    #: CE weight 1; sunshangquan/logit-standardization-KD ``tools/train.py``, ``mdistiller/engine/cfg.py``)
+    presets = {"kd-ls": {"logit_std": True, "temperature": 2.0, "alpha": 9.0, "gamma": 1.0}}
 
     @classmethod
     def combo_defaults_as_secondary(cls, primary: str) -> dict[str, Any]:
@@ -58,4 +72,7 @@ class KD(LossTerm):
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None
-        return {"kd": self.cfg.alpha * kd_loss(s.logits, t.logits, self.cfg.temperature)}
+        z_s, z_t = s.logits, t.logits.detach()
+        if self.cfg.logit_std:
+            z_s, z_t = standardize_logits(z_s.float()), standardize_logits(z_t.float())
+        return {"kd": self.cfg.alpha * kd_loss(z_s, z_t, self.cfg.temperature)}

@@ -70,7 +70,11 @@ def train_one_epoch(
     max_steps: int = 0,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Train for one epoch; returns mean loss terms (``loss/<term>``), ``train_acc``, timing and throughput."""
+    """Train for one epoch; returns mean loss terms (``loss/<term>``), ``train_acc``, timing and throughput.
+
+    ``epoch`` (0-based) reaches the loss terms first (:meth:`~cktf.distillers.Distiller.on_epoch_start`: DKD's and
+    ReviewKD's warm-up), so a run resumed at epoch ``k`` weights its terms as an uninterrupted one does."""
+    distiller.on_epoch_start(epoch)
     distiller.train()
     total = len(loader) if not max_steps else min(max_steps, len(loader))
     sums: dict[str, Tensor] = {}

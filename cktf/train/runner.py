@@ -212,6 +212,12 @@ def prepare_run(
             f"cross-entropy weight {distiller.gamma} but the train split has no labels",
             "set gamma=0 for distillation on unlabeled images (transfer, Section 3.2)",
         )
+    if distiller.needs_labels and not splits.train.labeled:
+        raise ConfigError(
+            "distiller",
+            f"{cfg.distiller!r} reads the labels (its loss splits at the target class) but the train split has none",
+            "pick a method that distils without labels (kd, crd, cktf, ...) for unlabeled images",
+        )
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     distiller.to(device=device, memory_format=memory_format)
     if cfg.train.compile:

@@ -8,6 +8,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from .anchors import published_groups
+
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
@@ -79,13 +81,14 @@ def to_html(s: dict[str, Any], folder: Path) -> str:
             )
     if s.get("anchor"):
         a = s["anchor"]
-        cells = {k: v for k, v in a.items() if k not in ("dataset", "teacher", "student", "source") and v}
-        parts += [
-            f"<h2>Published results ({html.escape(a.get('source', ''))})</h2>",
-            _table(
-                ["dataset", "teacher", "student", *cells], [[a["dataset"], a["teacher"], a["student"], *cells.values()]]
-            ),
-        ]
+        for source, cells in published_groups(a):
+            parts += [
+                f"<h2>Published results ({html.escape(source)})</h2>",
+                _table(
+                    ["dataset", "teacher", "student", *cells],
+                    [[a["dataset"], a["teacher"], a["student"], *cells.values()]],
+                ),
+            ]
     keys = sorted({k for x in s["top"] for k in x["config"]})
     rows = [
         [

@@ -12,32 +12,18 @@ and one binomial standard error on it. ``report.html`` is the same as one self-c
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import warnings
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .anchors import anchor_row, published_groups
 from .mlflow_runs import run_name
 from .reader import FINISHED, PRUNED, RUNNING, StudyResults, TrialResult, resolve_study_dir
 from .stats import binomial_se
 
 log = logging.getLogger(__name__)
-
-
-def anchor_row(dataset: str, teacher: str | None, student: str) -> dict[str, str] | None:
-    """The published accuracies for this pair (``accuracy-anchors.csv``, docs/algorithm.md §10)."""
-    text = resources.files("cktf.tune").joinpath("resources/accuracy-anchors.csv").read_text()
-    for row in csv.DictReader(text.splitlines()):
-        if row["dataset"] == dataset and row["teacher"] == teacher and row["student"] == student:
-            return row
-    return None
-
-
-#: columns of an anchor row that are not accuracies
-ANCHOR_KEYS = ("dataset", "teacher", "student", "source")
 
 
 def _study_meta(results: StudyResults) -> dict[str, Any]:
@@ -212,9 +198,8 @@ def to_markdown(s: dict[str, Any]) -> str:
     if s.get("confirmation"):
         lines += confirmation_markdown(s)
     if s["anchor"]:
-        a = s["anchor"]
-        cells = ", ".join(f"{k} {v}" for k, v in a.items() if k not in ANCHOR_KEYS and v)
-        lines.append(f"\npublished ({a['source']}): {cells}")
+        for source, cells in published_groups(s["anchor"]):
+            lines.append(f"\npublished ({source}): " + ", ".join(f"{k} {v}" for k, v in cells.items()))
     for name, table in s.get("ablations", {}).items():
         lines += [
             "",
