@@ -93,8 +93,9 @@ class RunSettings(Config):
     """trials at once (0: as many as the resources allow)"""
     max_failures: int = Field(2, ge=0)
     """retries of a failed trial, each from its last checkpoint (infrastructure failures)"""
-    keep_checkpoints: int = Field(1, ge=1)
-    """checkpoints Ray keeps per trial while it runs (the latest is what a retry resumes from)"""
+    keep_checkpoints: int = Field(2, ge=1)
+    """checkpoints Ray keeps per trial while it runs: the latest whole (what a retry resumes from), those before it
+    with their weights and metrics only"""
     keep_trial_state: bool = False
     """keep an ended trial's resume state (last.pt: memory banks, optimiser) and every kept checkpoint in storage;
     by default an ended trial keeps its weights (best and last), metrics and config only"""

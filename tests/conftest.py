@@ -1,8 +1,12 @@
-"""Shared fixtures: the offline data root (../shared/data or $CKTF_TEST_DATA) and an isolated cache."""
+"""Shared fixtures: the offline data root (../shared/data or $CKTF_TEST_DATA), an isolated cache, one teacher cache
+and one scratch folder for the whole test run, and the processes a test starts (stopped at its end, also when it
+fails)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,7 +25,48 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Decoded arrays are cached once per session (or in $CKTF_CACHE_DIR when CI sets it)."""
+def _session_stores(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Decoded arrays are cached once per session (or in $CKTF_CACHE_DIR when CI sets it); one teacher cache for
+    the whole run, so the studies' shared teacher (tests/helpers.py) is trained once and served from the cache after
+    (a test about teacher training uses its own); trials work in a scratch folder of the run, not the machine's."""
     if "CKTF_CACHE_DIR" not in os.environ:
         os.environ["CKTF_CACHE_DIR"] = str(tmp_path_factory.mktemp("cktf-cache"))
+    os.environ["CKTF_TEACHER_CACHE"] = str(tmp_path_factory.mktemp("teacher-cache"))
+    os.environ["CKTF_SCRATCH"] = str(tmp_path_factory.mktemp("scratch"))
+
+
+class Processes:
+    """Processes a test starts (drivers, servers), each in a session of its own; whatever is still running when the
+    test ends is stopped with its whole process group (SIGTERM, then SIGKILL), also when the test failed."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, cmd: list[str], **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            if proc.poll() is not None:
+                continue
+            for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+
+
+@pytest.fixture
+def processes():
+    procs = Processes()
+    try:
+        yield procs
+    finally:
+        procs.stop_all()

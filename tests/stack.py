@@ -69,6 +69,13 @@ class Postgres:
         return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True, **kw)
 
     def __enter__(self) -> Postgres:
+        try:
+            return self._start()
+        except BaseException:  # a start that fails stops what it started and removes its folder
+            self.__exit__()
+            raise
+
+    def _start(self) -> Postgres:
         shutil.chown(self.dir, "postgres")
         self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
         self._as_postgres(
@@ -95,9 +102,11 @@ class Postgres:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{db}"
 
     def __exit__(self, *exc) -> None:
-        if self.started:
-            self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            if self.started:
+                self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Moto:
@@ -125,10 +134,14 @@ class Moto:
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], stdout=self.log, stderr=self.log
         )
-        wait_until(lambda: _http_ok(self.endpoint + "/moto-api/"), "moto")
-        s3 = self.client()
-        for b in self.buckets:
-            s3.create_bucket(Bucket=b)
+        try:
+            wait_until(lambda: _http_ok(self.endpoint + "/moto-api/"), "moto")
+            s3 = self.client()
+            for b in self.buckets:
+                s3.create_bucket(Bucket=b)
+        except BaseException:  # a start that fails stops what it started
+            self.__exit__()
+            raise
         return self
 
     def client(self):
@@ -208,7 +221,11 @@ class MlflowServer:
             cmd += ["--app-name", "basic-auth"]
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log, stderr=log)
-        wait_until(lambda: _http_ok(self.url + "/health"), "the MLflow server", timeout=120)
+        try:
+            wait_until(lambda: _http_ok(self.url + "/health"), "the MLflow server", timeout=120)
+        except BaseException:  # a start that fails stops what it started
+            self.stop()
+            raise
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -255,7 +272,7 @@ class RayCluster:
 
         self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+        line = self._line(timeout=180)
         if not line:
             raise RuntimeError(f"the cluster process ended: {self.log.read_text()[-3000:]}")
         return json.loads(line)
@@ -264,7 +281,7 @@ class RayCluster:
         import json
 
         self.log = Path(tempfile.mkdtemp(prefix="cktf-cluster-")) / "cluster.log"
-        env = {**os.environ, **self.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", **self.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         env.pop("RAY_ADDRESS", None)
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("cluster_proc.py")), json.dumps(self.spec)],
@@ -274,11 +291,24 @@ class RayCluster:
             stderr=open(self.log, "w"),
             text=True,
         )
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the cluster did not start: {self.log.read_text()[-3000:]}")
-        self.info = json.loads(line)
+        try:
+            line = self._line(timeout=180)
+            if not line:
+                raise RuntimeError(f"the cluster did not start: {self.log.read_text()[-3000:]}")
+            self.info = json.loads(line)
+        except BaseException:  # a start that fails (or never answers) stops what it started
+            self.__exit__()
+            raise
         return self
+
+    def _line(self, timeout: float) -> str:
+        """The cluster process's next line, or a TimeoutError when none comes in ``timeout`` seconds."""
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"the cluster said nothing in {timeout:.0f} s: {self.log.read_text()[-3000:]}")
+        return self.proc.stdout.readline()
 
     @property
     def address(self) -> str:
@@ -309,6 +339,3 @@ class RayCluster:
                 self.proc.wait(timeout=10)
 
 
-def small_cifar10(root) -> dict:
-    """The ``data`` section the stack tests share: a 600/200 image CIFAR-10 slice with a 20% val split."""
-    return {"dataset": "cifar10", "root": str(root), "train_subset": 600, "test_subset": 200, "val_fraction": 0.2}

@@ -13,7 +13,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from helpers import alive, cktf_cmd, cli_env, records, study_runs
 
 from cktf.campaign.plan import expand
 from cktf.campaign.schema import campaign_from_dict, load_campaign
@@ -38,6 +38,7 @@ SMALL = {
     "optim.milestones": [],
     "teacher.train.epochs": 1,
     "teacher.optim.milestones": [],
+    "train.max_steps_per_epoch": 3,  # the runs are about the campaign, not the training
 }
 
 
@@ -47,6 +48,7 @@ def offline_raw(tmp: Path, data_root: Path | str, **over) -> dict:
         **SMALL,
         "data.root": str(data_root),
         "workdir": str(tmp / "campaigns"),
+        "teacher_cache": str(tmp / "teachers"),  # its own: these tests count the trainings of its teachers
         "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
         **over,
     }
@@ -388,41 +390,7 @@ def test_the_flop_counts_behind_the_estimate():
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cktf.campaign", *args]
-
-
-def _env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
-
-
-def _index(campaign_dir: Path) -> dict[str, dict]:
-    out = {}
-    for p in sorted((campaign_dir / "trials").glob("*.json")) if (campaign_dir / "trials").exists() else []:
-        try:
-            rec = json.loads(p.read_text())
-        except json.JSONDecodeError:  # caught mid-rename: read it next time
-            continue
-        out[rec["trial_id"]] = rec
-    return out
-
-
-def _alive(pids: list) -> list[int]:
-    import psutil
-
-    out = []
-    for pid, created in pids:
-        try:
-            if abs(psutil.Process(int(pid)).create_time() - float(created)) < 1.0:
-                out.append(int(pid))
-        except psutil.Error:
-            pass
-    return out
+    return cktf_cmd("campaign", *args)
 
 
 @pytest.fixture(scope="module")
@@ -435,36 +403,36 @@ def killed_and_resumed(tmp_path_factory, data_root):
     campaign_dir = tmp / "campaigns" / "offline"
     log = open(tmp / "first.log", "w")
     t0 = time.time()
-    proc = subprocess.Popen(
-        _cli(str(path), "--quiet"), env=_env(), cwd=tmp, stdout=log, stderr=log, start_new_session=True
-    )
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        recs = _index(campaign_dir)
-        finished = [r for r in recs.values() if r["status"] == "finished"]
-        mid = [r for r in recs.values() if r["status"] == "running" and r.get("history") and r.get("checkpoint")]
-        if finished and mid:
-            break
-        if proc.poll() is not None:
-            pytest.fail(f"the campaign ended (rc {proc.returncode}) before it could be killed mid-run")
-        time.sleep(0.05)
-    else:
-        pytest.fail("timed out waiting for a finished run and one mid-run")
-    ray_pids = json.loads((campaign_dir / "lock.json").read_text()).get("ray_pids", [])
-    os.kill(proc.pid, signal.SIGKILL)
+    proc = subprocess.Popen(_cli(str(path), "--quiet"), env=cli_env(), cwd=tmp, stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            recs = records(campaign_dir)
+            finished = [r for r in recs.values() if r["status"] == "finished"]
+            mid = [r for r in recs.values() if r["status"] == "running" and r.get("history") and r.get("checkpoint")]
+            if finished and mid:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the campaign ended (rc {proc.returncode}) before it could be killed mid-run")
+            time.sleep(0.05)
+        else:
+            pytest.fail("timed out waiting for a finished run and one mid-run")
+        ray_pids = json.loads((campaign_dir / "lock.json").read_text()).get("ray_pids", [])
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # also when the wait failed: no driver outlives the fixture
     assert proc.wait(timeout=60) == -signal.SIGKILL
     killed_s = time.time() - t0
-    before = _index(campaign_dir)
+    before = records(campaign_dir)
     t1 = time.time()
     resumed = subprocess.run(
-        _cli(str(path), "--resume", "--quiet"), env=_env(), cwd=tmp, capture_output=True, text=True, timeout=1200
+        _cli(str(path), "--resume", "--quiet"), env=cli_env(), cwd=tmp, capture_output=True, text=True, timeout=1200
     )
     return SimpleNamespace(
         tmp=tmp,
         path=path,
         dir=campaign_dir,
         before=before,
-        after=_index(campaign_dir),
+        after=records(campaign_dir),
         resumed=resumed,
         ray_pids=ray_pids,
         uri=f"sqlite:///{tmp / 'mlflow.db'}",
@@ -472,22 +440,11 @@ def killed_and_resumed(tmp_path_factory, data_root):
     )
 
 
-def _mlflow_runs(uri: str, experiment: str) -> tuple[list, list]:
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("cktf.kind") == "campaign"]
-    children = [r for r in runs if r.data.tags.get("cktf.kind") == "campaign_run"]
-    return parents, children
-
-
 @pytest.mark.slow
 def test_a_killed_campaign_resumes_and_redoes_nothing_that_had_finished(killed_and_resumed):
     k = killed_and_resumed
     assert k.resumed.returncode == 0, k.resumed.stdout[-3000:] + k.resumed.stderr[-3000:]
-    assert not _alive(k.ray_pids), "the resumed driver must end the Ray processes the killed one left"
+    assert not alive(k.ray_pids), "the resumed driver must end the Ray processes the killed one left"
     finished = {key: r for key, r in k.before.items() if r["status"] == "finished"}
     assert finished and len(finished) < 16
     for key, rec in finished.items():  # what had ended is kept as it was, never run again
@@ -504,7 +461,7 @@ def test_a_killed_campaign_resumes_and_redoes_nothing_that_had_finished(killed_a
     state = json.loads((k.dir / "state.json").read_text())
     assert state["status"] == "complete" and state["launches"] == 2
     again = subprocess.run(
-        _cli(str(k.path), "--resume", "--quiet"), env=_env(), cwd=k.tmp, capture_output=True, text=True, timeout=300
+        _cli(str(k.path), "--resume", "--quiet"), env=cli_env(), cwd=k.tmp, capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0 and "0 run here" in again.stdout, again.stdout + again.stderr
     assert json.loads((k.dir / "state.json").read_text())["launches"] == 2  # no Tuner was started
@@ -521,7 +478,7 @@ def test_every_cell_has_n2_and_equals_the_mlflow_metrics(killed_and_resumed):
         (p, m) for p in ("resnet14-resnet8", "wrn_16_2-wrn_16_1") for m in ("CE", "KD", "CRD", "CKTF")
     }
     assert all(c["n"] == 2 and c["failed"] == 0 and c["missing"] == 0 for c in table["cells"])
-    parents, children = _mlflow_runs(k.uri, "cktf-campaign-offline")
+    parents, children = study_runs(k.uri, "cktf-campaign-offline")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["cktf.campaign_status"] == "complete"
     assert len(children) == 16 and {c.data.tags["cktf.run_key"] for c in children} == set(k.after)
@@ -581,7 +538,7 @@ def test_each_pair_teacher_is_trained_once_reused_and_retrained_when_corrupt(kil
     path = k.tmp / "reuse.yaml"
     path.write_text(yaml.safe_dump(raw))
     done = subprocess.run(
-        _cli(str(path), "--quiet"), env=_env(), cwd=k.tmp, capture_output=True, text=True, timeout=600
+        _cli(str(path), "--quiet"), env=cli_env(), cwd=k.tmp, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     reuse = json.loads((k.tmp / "campaigns" / "reuse" / "state.json").read_text())["teachers"]
@@ -597,7 +554,7 @@ def test_each_pair_teacher_is_trained_once_reused_and_retrained_when_corrupt(kil
     raw["name"] = "retrain"
     path.write_text(yaml.safe_dump(raw))
     done = subprocess.run(
-        _cli(str(path), "--quiet"), env=_env(), cwd=k.tmp, capture_output=True, text=True, timeout=600
+        _cli(str(path), "--quiet"), env=cli_env(), cwd=k.tmp, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     again = json.loads((k.tmp / "campaigns" / "retrain" / "state.json").read_text())["teachers"]["resnet14-resnet8"]
@@ -712,7 +669,7 @@ def test_a_study_takes_the_campaigns_teacher_from_the_cache_unless_told_not_to(k
     """The teacher cache is the studies' too (docs/campaigns.md, "The teacher cache"): a study that asks for a
     campaign's teacher (same architecture, data, recipe, seed) trains nothing; ``teacher.cache: false`` trains its
     own and leaves the cache as it was."""
-    from tune_helpers import tiny_study, write_study
+    from helpers import tiny_study, write_study
 
     from cktf.train.teacher_cache import TeacherCache
 
@@ -737,8 +694,8 @@ def test_a_study_takes_the_campaigns_teacher_from_the_cache_unless_told_not_to(k
         study["teacher"]["cache"] = cached
         path = write_study(k.tmp / f"{name}.yaml", study)
         done = subprocess.run(
-            [sys.executable, "-m", "cktf.cli", "tune", str(path), "--quiet"],
-            env=_env(),
+            cktf_cmd("tune", str(path), "--quiet"),
+            env=cli_env(CKTF_TEACHER_CACHE=str(k.tmp / "teachers")),  # the campaign's cache
             cwd=k.tmp,
             capture_output=True,
             text=True,

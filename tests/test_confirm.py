@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tune_helpers import study_runs, tiny_study, write_study
+from helpers import study_runs, tiny_study, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,7 @@ def test_the_report_interval_is_computed_from_the_runs(confirmed):
         assert math.isclose(g["high"], statistics.mean(d) + half, abs_tol=1e-9)
         assert g["within_noise"] == (g["low"] <= 0 <= g["high"])
         assert ("within noise" in s["headline"]) == g["within_noise"]
-    n_val = int(0.2 * 900)
+    n_val = int(0.2 * confirmed.study["data"]["train_subset"])
     assert s["num_val"] == n_val
     best = s["best"]["score"]
     assert math.isclose(s["binomial_se"], 100 * math.sqrt(best / 100 * (1 - best / 100) / n_val), rel_tol=1e-9)

@@ -12,15 +12,11 @@ import time
 
 import psutil
 import pytest
-from tune_helpers import tiny_study, write_study
+from helpers import cktf_cmd, tiny_study, write_study
 
 pytestmark = pytest.mark.slow
 
 SECRET = "s3cr3t-7f3a9c"  # stands for a token a shared study file could try to log
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from cktf.cli import main; sys.exit(main())", *args]
 
 
 def _loopback(address: str) -> bool:
@@ -48,7 +44,7 @@ def test_a_local_study_listens_on_loopback_only_and_logs_no_secret(tmp_path, dat
         tmp_path,
         data_root,
         name="exposure",
-        train={"epochs": 2, "batch_size": 64},
+        train__epochs=2,
         search={"num_samples": 2, "space": {"alpha1": {"type": "uniform", "low": 0.0, "high": 1.0}}},
         params={"nce_k": 64},
     )
@@ -58,7 +54,7 @@ def test_a_local_study_listens_on_loopback_only_and_logs_no_secret(tmp_path, dat
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     env.update(RAY_AUTH_MODE="disabled", TEAM_WORKDIR=str(workdir))  # the CLI itself must keep Ray on loopback
     log = open(tmp_path / "driver.log", "w")
-    proc = subprocess.Popen(_cli("tune", str(path), "--quiet"), env=env, cwd=tmp_path, stdout=log, stderr=log)
+    proc = subprocess.Popen(cktf_cmd("tune", str(path), "--quiet"), env=env, cwd=tmp_path, stdout=log, stderr=log)
     seen: dict[tuple[str, int], str] = {}
     state = workdir / "exposure" / "state.json"
     deadline = time.time() + 600

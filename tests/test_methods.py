@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch.nn.functional as F
+from helpers import study_runs, tiny_study, write_study
 from torch import Tensor
-from tune_helpers import study_runs, tiny_study, write_study
 
 from cktf.cli import main
 from cktf.distillers import LOSS_TERMS, LossTerm, TermConfig, Weight, objective, objective_names
@@ -113,7 +113,7 @@ def test_a_plugin_method_runs_a_study_over_its_own_default_space(tmp_path, data_
         distiller="toy_l2",
         plugins=[Path(__file__).stem],
         search={"num_samples": 2},  # no space: the method's own
-        train={"epochs": 2, "batch_size": 64},
+        train__epochs=2,
         asha={"grace_period": 2, "reduction_factor": 2},
     )
     path = write_study(tmp_path / "toy.yaml", study)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from tune_helpers import tiny_study
+from helpers import tiny_study
 
 from cktf.errors import ConfigError
 from cktf.models import create_model

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tune_helpers import tiny_study, write_study
+from helpers import tiny_study, write_study
 
 from cktf.cli import main
 from cktf.data import DATASETS, DataConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from tune_helpers import tiny_study, write_study
+from helpers import tiny_study, write_study
 
 from cktf.cli import main
 from cktf.config import apply_overrides, parse_assignments

@@ -678,7 +678,7 @@ def test_a_study_distils_into_your_module_on_streamed_data_with_a_teacher_from_w
     """``cktf tune`` end to end: the student is the user's own module (``module:``, importable in every trial
     through ``PYTHONPATH``), the data is streamed (a budget of 1 byte), the teacher is local weights used as they
     are, trials are rebuilt from file lists, and MLflow's parent and child runs carry the pairing."""
-    from tune_helpers import study_runs, write_study
+    from helpers import study_runs, write_study
 
     from cktf.cli import main
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tune_helpers import study_runs, tiny_study, write_study
+from helpers import study_runs, tiny_study, write_study
 
 from cktf.cli import main
 from cktf.errors import ConfigError
@@ -271,7 +271,7 @@ def test_nan_loss_fails_the_trial_and_the_study_goes_on(finished_study, tmp_path
             "space": {"optim.lr": {"type": "categorical", "choices": [0.05, 1.0e12]}},
             "baseline": {"optim.lr": 1.0e12},
         },
-        train={"epochs": 1, "batch_size": 64},
+        train__epochs=1,
         params={"nce_k": 64},
         max_failures=0,
     )

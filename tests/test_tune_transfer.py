@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tune_helpers import study_runs, write_study
+from helpers import study_runs, write_study
 
 from cktf.cli import main
 

@@ -42,7 +42,7 @@ from .reader import (
     select_epoch,
     wanted_metrics,
 )
-from .retention import release_trial
+from .retention import release_trial, strip_older
 from .tracking import DEFAULT_BUDGET_S, DOWN, Tracking
 
 log = logging.getLogger(__name__)
@@ -246,6 +246,13 @@ class TrialCallback(Callback):
         shrinks. An index that says a trial ended implies MLflow says so too (and :func:`sync_study` repairs a
         driver killed between the two)."""
         rec = self.index.get(key)
+        if rec.get("status") in (FINISHED, PRUNED) and rec.get("ended") and status != rec["status"]:
+            # Ray restarted a trial that had ended (its snapshot lagged the driver it lost) and the restart went
+            # wrong (its snapshot's checkpoint is gone): what the trial did stands
+            log.info(
+                "trial %s had ended (%s) before; its restart by Ray (%s) changes nothing", key, rec["status"], status
+            )
+            return
         again = rec.get("status") == status and rec.get("ended")  # a restarted trial that ended again at once
         metrics = {} if again else self.lineage.end_metrics(rec, status)
         run_id = rec.get("mlflow_run_id")
@@ -364,11 +371,13 @@ class TrialCallback(Callback):
                 self.end(rec["trial_id"], FAILED, error)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info) -> None:
-        self.index.update(
+        rec = self.index.update(
             self.lineage.key_of(trial),
             checkpoint=checkpoint.path,
             checkpoint_fs=type(checkpoint.filesystem).__name__,
         )
+        if not self.parent.keep_state:
+            strip_older(rec)  # one resume state per running trial: the latest
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
         key = self.lineage.key_of(trial)

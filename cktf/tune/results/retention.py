@@ -27,10 +27,22 @@ RESUME_ONLY = (RESUME_FILE, PREVIOUS_FILE)
 CHECKPOINT_PREFIX = "checkpoint_"
 
 
+def strip_older(record: dict[str, Any]) -> int:
+    """While a trial runs: its checkpoints before the latest keep their weights, metrics and config, not their resume
+    state (``last.pt``), so the trial stores one resume state plus the one being written. Ray keeps them (its
+    experiment snapshot may name one after a driver is killed: a trial restored from it goes on from the latest
+    checkpoint the index records, :func:`cktf.tune.run.trainable.run_trial`). Returns the bytes freed."""
+    return _shrink(record, delete_older=False)
+
+
 def shrink_trial(record: dict[str, Any]) -> int:
     """Reduce an ended trial's stored checkpoints to its latest one without the resume state; returns the bytes
     freed. A record without a checkpoint, or storage that cannot be reached, frees nothing (logged, never raised:
     it is housekeeping)."""
+    return _shrink(record, delete_older=True)
+
+
+def _shrink(record: dict[str, Any], delete_older: bool) -> int:
     if not record.get("checkpoint"):
         return 0
     try:
@@ -40,16 +52,24 @@ def shrink_trial(record: dict[str, Any]) -> int:
         latest = latest.rstrip("/")
         trial_dir = latest.rsplit("/", 1)[0]
         freed = 0
+        older = []
         for info in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True)):
             name = info.path.rstrip("/").rsplit("/", 1)[-1]
             if info.type == pafs.FileType.Directory and name.startswith(CHECKPOINT_PREFIX) and info.path != latest:
-                freed += _size(fs, info.path)
-                fs.delete_dir(info.path)
-        for name in RESUME_ONLY:
-            info = fs.get_file_info(f"{latest}/{name}")
-            if info.type == pafs.FileType.File:
-                freed += int(info.size or 0)
-                fs.delete_file(info.path)
+                older.append(info.path)
+        if delete_older:
+            for path in older:
+                freed += _size(fs, path)
+                fs.delete_dir(path)
+            targets = [latest]
+        else:
+            targets = older
+        for folder in targets:
+            for name in RESUME_ONLY:
+                info = fs.get_file_info(f"{folder}/{name}")
+                if info.type == pafs.FileType.File:
+                    freed += int(info.size or 0)
+                    fs.delete_file(info.path)
         return freed
     except Exception as exc:  # housekeeping: never fail a study for it
         log.info("trial %s: stored state not reduced (%s)", record.get("trial_id"), exc)
@@ -83,4 +103,4 @@ def _size(fs: Any, path: str) -> int:
     return sum(int(i.size or 0) for i in infos if i.type == pafs.FileType.File)
 
 
-__all__ = ["release_trial", "shrink_trial"]
+__all__ = ["release_trial", "shrink_trial", "strip_older"]

@@ -107,6 +107,13 @@ class Tracking:
             except Exception as exc:
                 if not transient(exc):
                     raise
+                if delay == 0.5 and self.down_since is None:  # the first failure of this call: a line in the log
+                    log.info(
+                        "MLflow call %s did not go through (%s); retrying for up to %.0f s",
+                        name,
+                        _short(exc),
+                        self.budget_s,
+                    )
                 if time.time() + delay <= deadline:
                     time.sleep(delay)
                     delay = min(2 * delay, 8.0)
@@ -137,6 +144,10 @@ class Tracking:
         log.warning("MLflow at %s answers again after %.0f s; replaying what it missed", self.tracking_uri, gone)
         if self.on_back is not None:
             self.on_back()
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else type(exc).__name__
 
 
 _SHARED: dict[str, Tracking] = {}

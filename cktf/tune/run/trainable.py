@@ -66,6 +66,16 @@ def already_ended(store: StudyStore, trial_id: str) -> dict[str, Any] | None:
     return rec if rec.get("status") in (FINISHED, PRUNED) and rec.get("history") else None
 
 
+def resume_candidates(restored: Any, record: dict[str, Any]) -> list[Any]:
+    """The checkpoints a starting trial may go on from: the one Ray restored, and the latest its index record names
+    (its own, a ghost's it took over, or a grid point's from an earlier driver) when that is another one."""
+    out = [restored] if restored is not None else []
+    if record.get("checkpoint") and (restored is None or str(restored.path) != str(record["checkpoint"])):
+        fs, path = checkpoint_filesystem(record)
+        out.append(tune.Checkpoint(path, filesystem=fs))
+    return out
+
+
 def ended_trials(store: StudyStore) -> set[str]:
     """Ids of the study's trials the index records as ended (their working folders are not needed again)."""
     try:
@@ -250,25 +260,18 @@ def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
         return
     out = trial_workdir(store.uri, key)  # node-local, outside what Ray syncs as experiment state
     collect_ended(store.uri, ended_trials(store), keep=key)
-    ckpt = tune.get_checkpoint()
     record = TrialIndex(store).get(key)
-    if ckpt is None and record.get("checkpoint") and (record.get("adopted") or config.get("_key")):
-        # the record's checkpoint is this trial's own: a ghost's it took over (TrialCallback.adopt_ghost), or a
-        # grid point's from an earlier driver (a campaign's run goes on where it was)
-        fs, path = checkpoint_filesystem(record)
-        ckpt = tune.Checkpoint(path, filesystem=fs)
-        log.info("trial %s goes on from its recorded checkpoint (%s)", key, record.get("adopted") or "earlier run")
-    if ckpt is not None:
+    for ckpt in resume_candidates(tune.get_checkpoint(), record):
         try:
             with ckpt.as_directory() as d:
-                # the run directory on this node may be newer than the checkpoint Ray restored (the driver's
-                # experiment snapshot can lag its last checkpoint when it is killed): keep the newer one
+                # whichever is furthest along: this node's working folder (a driver killed before it saw the last
+                # epochs), Ray's restored checkpoint, or the latest the index records (Ray's snapshot can lag it)
                 if epochs_done(Path(d)) > epochs_done(out):
                     for name in CHECKPOINT_FILES:
                         if (Path(d) / name).exists():
                             shutil.copy2(Path(d) / name, out / name)
-        except (OSError, ValueError) as exc:  # gone (cleaned up): the trial starts again, from scratch
-            log.warning("trial %s: its last checkpoint is unreadable (%s); it starts again", key, exc)
+        except (OSError, ValueError) as exc:  # gone (cleaned up): the next candidate, or from scratch
+            log.warning("trial %s: a checkpoint is unreadable (%s)", key, exc)
     if epochs_done(out):
         log.info("trial %s resumes after epoch %d", key, epochs_done(out))
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}
