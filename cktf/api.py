@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .results import CampaignResults, StudyResults, open_campaign, open_study
 from .settings import RunSettings, keep_ray_local
 
 
@@ -53,7 +54,8 @@ def run_study(
     resume: bool = False,
     **options: Any,
 ):
-    """Run (or resume) a study file or dict; returns its :class:`~cktf.tune.run.study.StudyOutcome`.
+    """Run (or resume) a study file or dict; returns its :class:`~cktf.results.StudyResults` (``.status``: complete,
+    incomplete or failed; ``.best``, ``.trials``, ``.report()``, ``.export(path)``).
 
     ``options``: the run's :class:`~cktf.tune.run.context.RunOptions` (``view``: ``quiet`` by default, ``live``,
     ``ray``; ``break_lock``)."""
@@ -65,9 +67,10 @@ def run_study(
     opts = RunOptions(**{"view": "quiet", **options}, resume=resume, overrides=dict(overrides or {}))
     ctx = _enter(StudyConfig, study, opts)
     try:
-        return run_in(ctx, plan_study(ctx.settings, progress=opts.view != "quiet"))
+        outcome = run_in(ctx, plan_study(ctx.settings, progress=opts.view != "quiet"))
     finally:
         ctx.__exit__(None, None, None)
+    return StudyResults(outcome.study_dir, outcome)
 
 
 def run_campaign(
@@ -76,7 +79,7 @@ def run_campaign(
     resume: bool = False,
     **options: Any,
 ):
-    """Run (or resume) a campaign file or dict; returns its :class:`~cktf.campaign.run.CampaignOutcome`.
+    """Run (or resume) a campaign file or dict; returns its :class:`~cktf.results.CampaignResults`.
 
     ``options``: as :func:`run_study`'s, and ``retry_failed`` (with ``resume``: run the failed runs again)."""
     keep_ray_local()
@@ -91,9 +94,10 @@ def run_campaign(
         raise ConfigError("--retry-failed", "only continues a campaign", "pass --resume --retry-failed")
     ctx = _enter(CampaignConfig, campaign, opts)
     try:
-        return run_in(ctx, plan_campaign(ctx.settings, progress=opts.view != "quiet"))
+        outcome = run_in(ctx, plan_campaign(ctx.settings, progress=opts.view != "quiet"))
     finally:
         ctx.__exit__(None, None, None)
+    return CampaignResults(outcome.campaign_dir, outcome)
 
 
-__all__ = ["run_campaign", "run_study"]
+__all__ = ["CampaignResults", "StudyResults", "open_campaign", "open_study", "run_campaign", "run_study"]

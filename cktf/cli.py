@@ -1,7 +1,7 @@
-"""The ``cktf`` command line: thin wrappers around the registries and the trainer.
+"""The ``cktf`` command line, a thin layer over the Python API (:mod:`cktf.api`), the registries and the trainer.
 
-Every user error (unknown name, missing data, bad value) is printed as one line naming the
-field and the fix, and exits with code 2 before any training starts.
+Every user error (unknown name, missing data, bad value) is printed as one line naming the field and the fix (and
+what was probably meant), and exits with code 2 before any training starts.
 """
 
 from __future__ import annotations
@@ -211,6 +211,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .api import run_study
 
     overrides = _overrides(args)
+    if args.dry_run:  # checked against the data and described; nothing runs
+        from .tune.plan import load_study, plan_study
+        from .tune.plan.dry_run import describe
+
+        print(describe(plan_study(load_study(args.study, overrides), progress=False)))
+        return EXIT_COMPLETE
     resume = resume_command("tune", args.study, args.set, args.data_root)
     view = "quiet" if args.quiet else "ray" if args.ray_view else "live"
     if view == "live":  # cktf's warnings and errors only on the terminal
@@ -218,7 +224,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
         quiet_console()
     try:
-        outcome = run_study(args.study, overrides, resume=args.resume, view=view, break_lock=args.break_lock)
+        outcome = run_study(args.study, overrides, resume=args.resume, view=view, break_lock=args.break_lock).outcome
     except KeyboardInterrupt:
         print(f"cktf: interrupted; continue the study with: {resume}", file=sys.stderr)
         return EXIT_INCOMPLETE
@@ -232,8 +238,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(outcome.headline)
     elif outcome.best:
         b = outcome.best
-        test = f", test {b.test:.2f}" if b.test is not None else ""
-        print(f"best trial {b.trial_id}: {outcome.metric} {b.score:.4g}{test} (epoch {b.epoch})")
+        print(f"best: {b.describe()} (trial {b.trial.trial_id}), score {b.score:.2f}")
     if outcome.model_uri:
         print(f"registered: {outcome.model_uri}  (mlflow.pytorch.load_model, or cktf export {outcome.model_uri})")
     print(f"study dir: {outcome.study_dir}  (cktf report / cktf export {outcome.study_dir} --out student.safetensors)")
@@ -266,11 +271,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return 0
     info = export_best(args.study, args.out, onnx=args.onnx)
-    m, t = info["metric"], info["test_metric"]
-    test = f", {t['name']} {t['value']:.4g}" if t["value"] is not None else ""
+    score, t = info["score"], info["test_metric"]
+    test = f", {t['name']} {t['value']:.2f}" if t["value"] is not None else ""
+    seeds = f" ± {score['std']:.2f} over {score['seeds']} seeds" if score.get("confirmed") else ""
     print(
-        f"wrote {args.out} (+ {Path(args.out).with_suffix('.json').name}): {info['architecture']} from trial"
-        f" {info['trial']}, {m['name']} {m['value']:.4g}{test}"
+        f"wrote {args.out} (+ {Path(args.out).with_suffix('.json').name}): {info['architecture']}, {info['best']} "
+        f"(trial {info['trial']}), score {score['value']:.2f}{seeds}{test}; study {info['study_status']}"
     )
     return 0
 
@@ -420,8 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import DataConfig
     from .transfer import ProbeConfig
 
-    parser = argparse.ArgumentParser(prog="cktf", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cktf",
+        description="Knowledge distillation (CKTF and the methods it is compared with) tuned at scale: studies with "
+        "Ray Tune, Optuna and MLflow, campaigns that reproduce the paper's tables, single runs.",
+        epilog="Start with: cktf tune studies/quickstart.yaml --data-root DATA (docs/studies.md); cktf COMMAND --help "
+        "for a command's options.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"cktf {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list the model zoo, or a library's models (--source tv|timm)")
@@ -478,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", dest="ray_view", action="store_true", help="Ray's own output instead of the live view")
     p.add_argument("--i-mean-it", action="store_true", help="accept more than 2400 epochs or 1000 trials")
     p.add_argument("--break-lock", action="store_true", help="take over a study whose lock is stale (refused if fresh)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the study against its data, print its plan and cost; run nothing"
+    )
     p.set_defaults(func=cmd_tune)
 
     from .campaign.cli import add_parser as add_campaign_parser
@@ -541,6 +557,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cktf")
+    except PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+        import cktf
+
+        return cktf.__version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     keep_ray_local()  # before the parser: building it imports modules that import Ray
     parser = build_parser()
@@ -552,6 +579,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CKTFError, UnknownNameError) as exc:
         print(f"cktf: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader went away (cktf schema | head): end quietly, as a pipe expects
+        quiet_pipe()
+        return EXIT_COMPLETE
+
+
+def quiet_pipe() -> None:
+    """After a closed pipe: point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import CKTFError, ConfigError
+from .errors import CKTFError, ConfigError, did_you_mean
 from .registry import UnknownNameError
 
 C = TypeVar("C", bound="Config")
@@ -136,8 +136,11 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel], loc: Sequence[str]
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     if kind == "extra_forbidden":
         parent = model_at(model, loc[:-1])
-        known = ", ".join(parent.model_fields) if parent is not None else ""
-        return "unknown field", (f"known fields: {known}" if known else "check the spelling (cktf schema)")
+        known = list(parent.model_fields) if parent is not None else []
+        hint = did_you_mean(loc[-1], known, "") if loc else ""
+        if hint:
+            return f"unknown field ({hint})", f"known fields: {', '.join(known)}"
+        return "unknown field", (f"known fields: {', '.join(known)}" if known else "check the spelling (cktf schema)")
     if kind == "missing":
         return "missing", "this field is required"
     if kind in ("float_parsing", "float_type", "int_parsing", "int_type"):

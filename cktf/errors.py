@@ -7,6 +7,19 @@ expensive work (decoding, training) starts.
 from __future__ import annotations
 
 
+def did_you_mean(name: str, candidates: object, prefix: str = "; ") -> str:
+    """``"; did you mean tau?"`` when a candidate is close to the misspelt ``name`` (else ``""``)."""
+    import difflib
+
+    names = [str(c) for c in candidates]  # type: ignore[union-attr]
+    close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
+    if not close:  # a case or separator slip (NCE_K, nce-k) is a close match too
+        norm = {n.lower().replace("-", "_"): n for n in names}
+        found = norm.get(str(name).lower().replace("-", "_"))
+        close = [found] if found else []
+    return f"{prefix}did you mean {close[0]}?" if close else ""
+
+
 class CKTFError(Exception):
     """Base class of errors caused by the user's input, not by a bug."""
 

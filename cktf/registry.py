@@ -17,8 +17,11 @@ class UnknownNameError(KeyError):
     """Raised when a name is not registered; the message lists the registered names."""
 
     def __init__(self, kind: str, name: str, available: list[str]):
+        from .errors import did_you_mean
+
         self.kind, self.name, self.available = kind, name, available
-        super().__init__(f"unknown {kind} {name!r}; available: {', '.join(available)}")
+        hint = did_you_mean(name, available)
+        super().__init__(f"unknown {kind} {name!r}{hint}; available: {', '.join(available)}")
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return self.args[0]

@@ -73,6 +73,20 @@ class ParamSpec(Config):
         except TypeError:
             return False
 
+    def nearest(self, value: Any) -> Any:
+        """The value of the space closest to ``value`` (itself when the space holds it): a range clamps it (integers
+        rounded), a categorical takes the numerically closest choice (its first when the choices are not numbers)."""
+        if self.contains(value):
+            return value
+        if self.type == "categorical":
+            numeric = [c for c in self.choices if isinstance(c, int | float) and not isinstance(c, bool)]
+            if numeric and isinstance(value, int | float) and not isinstance(value, bool):
+                return min(numeric, key=lambda c: (abs(c - value), c))
+            return self.choices[0]
+        low, high = float(self.low), float(self.high)
+        clamped = min(max(float(value), low), high)
+        return int(round(clamped)) if self.type in ("int", "int_log") else clamped
+
     def suggest(self, trial: Any, name: str) -> Any:
         """Ask an ``optuna.Trial`` for this parameter."""
         if self.type == "categorical":

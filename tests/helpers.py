@@ -16,7 +16,8 @@ import yaml
 
 VENV_BIN = Path(sys.executable).parent
 TERMINAL = {"finished", "pruned", "failed"}
-MLFLOW_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+#: an ended trial's MLflow status: ASHA's stop is a normal end (FINISHED with cktf.status = pruned)
+MLFLOW_STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
 #: steps per epoch of an orchestration test's trials (they are about the study, not the training)
 STEPS = 3
 

@@ -337,5 +337,3 @@ class RayCluster:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-
-

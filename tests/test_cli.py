@@ -122,3 +122,72 @@ def test_data_prepare_reports_split_sizes(capsys, data_root, tmp_path):
     code, out, _ = run_cli(capsys, "data", "prepare", "cifar100", "--root", str(data_root / "cifar-100-python-subset"))
     assert code == 0
     assert "train: 1117 images" in out and "test: 916 images" in out
+
+
+# ----------------------------------------------------------------------------- a command line that behaves
+
+
+def _cktf(*args: str, **kw) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("cktf")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_version_and_help_written_for_users():
+    from cktf import __version__
+
+    done = _cktf("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"cktf {__version__}"
+    top = _cktf("--help").stdout
+    assert "Knowledge distillation" in top and "``" not in top and "Start with: cktf tune" in top
+
+
+@pytest.mark.parametrize("command", ["schema", "models", "distillers --fields"])
+def test_output_piped_into_head_ends_quietly(command):
+    exe = Path(sys.executable).with_name("cktf")
+    line = f"set -o pipefail; {exe} {command} | head -1"
+    done = subprocess.run(line, shell=True, executable="/bin/bash", capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
+    assert "BrokenPipeError" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_dry_run_checks_and_prints_the_plan_without_ray_or_files(tmp_path, data_root):
+    quick = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
+    done = _cktf(
+        "tune", str(quick), "--dry-run", "--data-root", str(data_root), "--set", f"workdir={tmp_path / 'studies'}"
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "8 trials of cktf" in out and "up to 4 epochs" in out and "score = val_acc at its best epoch" in out
+    assert "nce_k" in out and "(official 16384: outside the space)" in out  # the defaults as they run, said so
+    assert "confirmation: the top 1 + the defaults over 2 new seeds" in out and "per trial 1 CPU" in out
+    assert str(tmp_path / "studies" / "quickstart") in out and "GPU-hours" in out and "ESTIMATE" in out
+    assert not (tmp_path / "studies").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("sets", "needle"),
+    [
+        (["search.space.tua.low=0.1"], "search.space.tua: 'tua' is not a field of cktf"),  # names tau
+        (["studnet=resnet8"], "did you mean student?"),
+        (["student=resnet88"], "did you mean resnet8?"),
+        (["distiller=ckft"], "did you mean cktf?"),
+        (["data.dataset=cifar11"], "did you mean cifar10?"),
+    ],
+)
+def test_every_unknown_name_says_what_was_probably_meant(tmp_path, capsys, sets, needle):
+    quick = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
+    argv = ["tune", str(quick), "--dry-run", "--set", f"workdir={tmp_path}"]
+    for s in sets:
+        argv += ["--set", s]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and needle in err, err
+    if sets[0].startswith("search.space.tua"):
+        assert "did you mean tau?" in err
+
+
+def test_a_searched_value_that_cannot_work_shows_the_set_that_fixes_it(tmp_path, data_root, capsys):
+    quick = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
+    argv = ["tune", str(quick), "--dry-run", "--data-root", str(data_root), "--set", "data.train_subset=600"]
+    code, _, err = run_cli(capsys, *argv, "--set", f"workdir={tmp_path}")
+    assert code == 2 and err.startswith("cktf: error: search.space.nce_k:"), err
+    assert "--set 'search.space.nce_k.choices=[256]'" in err  # the choices a 540-image slice allows

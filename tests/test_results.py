@@ -98,21 +98,21 @@ def test_export_report_and_parent_run_agree_on_the_minimum(tmp_path):
 
     info = export_best(study_dir, tmp_path / "out" / "student.safetensors")
     assert info["trial"] == "t2" and info["metric"] == {"name": "val_loss", "mode": "min", "value": 1.1, "epoch": 1}
-    assert info["test_metric"] == {"name": "test_loss", "value": 1.2}
+    assert info["test_metric"] == {"name": "test_loss", "value": 1.2, "read": "at the trial's selected epoch"}
     summary = summarize(study_dir)
     assert summary["best"]["trial"] == "t2" and summary["best"]["score"] == 1.1 and summary["mode"] == "min"
     assert [r["trial"] for r in summary["top"]][:3] == ["t4", "t3", "t2"]
     report = write_report(study_dir)
-    assert "**best** t2: val_loss 1.1" in (report / "summary.md").read_text()
+    assert "**best** trial t2 (its student: trial t2): score 1.10" in (report / "summary.md").read_text()
 
     plan = SimpleNamespace(study=cfg, num_trials=len(TRIALS), splits=None)
     with RunContext(cfg, RunOptions(view="quiet", resume=True)) as ctx:
         ctx.open_parent({}, {})
         outcome = finish_study(ctx, plan, complete=True)
-    assert outcome.best.trial_id == "t2"
+    assert outcome.best.trial.trial_id == "t2" and outcome.best.score == 1.1
     run = client.get_run(parent)
     assert run.data.tags["cktf.best_trial"] == "t2"
-    assert run.data.metrics["best/val_loss"] == 1.1 and run.data.metrics["best/test_loss"] == 1.2
+    assert run.data.metrics["best/score"] == 1.1 and run.data.metrics["best/test_loss"] == 1.2
     exported = json.loads((study_dir / "best" / "student.json").read_text())
     assert exported["trial"] == "t2"
 

@@ -199,7 +199,7 @@ def test_mlflow_holds_one_parent_and_one_child_per_trial(finished_study):
     index = {p.stem: json.loads(p.read_text()) for p in (finished_study.dir / "trials").glob("*.json")}
     for c in children:
         rec = index[c.data.tags["cktf.trial_id"]]
-        expected = {"finished": ("FINISHED", "finished"), "pruned": ("KILLED", "pruned")}[rec["status"]]
+        expected = {"finished": ("FINISHED", "finished"), "pruned": ("FINISHED", "pruned")}[rec["status"]]
         assert (c.info.status, c.data.tags["cktf.status"]) == expected
         hist = client.get_metric_history(c.info.run_id, "val_acc")
         assert [m.step for m in sorted(hist, key=lambda m: m.step)] == list(range(len(rec["history"])))
@@ -324,8 +324,8 @@ def test_sync_repairs_what_a_killed_driver_left_undone(tmp_path):
     done = sync_study(Tracking(uri), index.store, exp, parent)
     assert done == {"runs_created": 1, "epochs_logged": 8, "statuses_fixed": 3}
     got = {s: client.get_run(r) for s, r in runs.items()}
-    assert got["pruned"].info.status == "KILLED" and got["pruned"].data.tags["cktf.status"] == "pruned"
-    assert got["finished"].info.status == "FINISHED" and got["finished"].data.metrics["selected_val_acc"] == 12.5
+    assert got["pruned"].info.status == "FINISHED" and got["pruned"].data.tags["cktf.status"] == "pruned"
+    assert got["finished"].info.status == "FINISHED" and got["finished"].data.metrics["score"] == 12.5
     assert got["running"].info.status == "RUNNING"
     made = client.get_run(index.get("unlogged")["mlflow_run_id"])
     assert made.data.tags["cktf.trial_id"] == "unlogged" and made.data.params == {"alpha1": "0.3"}

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             view=view,
             break_lock=args.break_lock,
-        )
+        ).outcome
     except KeyboardInterrupt:
         print(f"cktf: interrupted; continue the campaign with: {resume}", file=sys.stderr)
         return EXIT_INCOMPLETE

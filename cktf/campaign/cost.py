@@ -1,4 +1,5 @@
-"""The cost of a campaign before it is launched (``cktf campaign FILE --dry-run``): it informs, it refuses nothing.
+"""The cost of a campaign before it is launched (``cktf campaign FILE --dry-run``): it informs, it refuses nothing
+(the counting and the throughput figures are a study's too: :mod:`cktf.tune.plan.cost`).
 
 * **Runs**: pairs x methods x seeds, plus each tuned cell x seeds; and the teachers still to train (teachers shared
   by several pairs, or already in the teacher cache, are counted once or not at all).
@@ -24,6 +25,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..data import DATASETS
+from ..tune.plan.cost import (  # noqa: F401  (RESNET50_TRAIN_GFLOP, StepSpec, DataShape: read through here too)
+    RESNET50_TRAIN_GFLOP,
+    THROUGHPUT,
+    DataShape,
+    StepSpec,
+    effective_throughput,
+    gpu_hours_text,
+    si,
+    step_flops,
+)
 from .plan import CampaignPlan, cell_id
 
 #: the train and test sizes of the datasets' official splits (used when the data is not on this machine)
@@ -34,24 +45,6 @@ OFFICIAL_SIZES = {
     "stl10": (5_000, 8_000),
     "stl10_unlabeled": (100_000, 8_000),
 }
-#: ResNet-50 v1.5 (torchvision ``resnet50``, 224x224) forward + backward per image, counted by FlopCounterMode
-#: (24.30 GFLOP; tests/test_campaign.py recounts it)
-RESNET50_TRAIN_GFLOP = 24.30
-THROUGHPUT_SOURCE = (
-    "NVIDIA DeepLearningExamples, PyTorch/Classification/ConvNets/resnet50v1.5 README, training performance on one "
-    "GPU (pytorch-21.03 NGC container)"
-)
-#: (gpu, precision) -> ResNet-50 training images/s on one GPU (THROUGHPUT_SOURCE)
-THROUGHPUT = {
-    ("a100", "tf32"): 938.0,
-    ("a100", "amp"): 2470.0,
-    ("v100", "fp32"): 367.0,
-    ("v100", "amp"): 1200.0,
-}
-#: the precision a run uses on each GPU: bf16 autocast (``train.bf16``) is AMP; fp32 convolutions run as TF32 on an
-#: A100 (PyTorch's cuDNN default) and as FP32 on a V100
-PRECISION = {("a100", False): "tf32", ("a100", True): "amp", ("v100", False): "fp32", ("v100", True): "amp"}
-FLOP_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -161,75 +154,10 @@ def _image_size(plan: CampaignPlan, pair: str) -> int:
     return dcfg.image_size or DATASETS.get(dcfg.dataset).image_size or 32
 
 
-@dataclass(frozen=True)
-class StepSpec:
-    """One training step to count: the models, the method and its fields, the batch and the data's shape."""
-
-    student: str
-    teacher: str | None
-    distiller: str
-    params: dict[str, Any]
-    batch_size: int
-
-
-@dataclass(frozen=True)
-class DataShape:
-    """What a step's cost depends on in the data: the input side, the class count, the train split's size."""
-
-    image_size: int
-    num_classes: int
-    num_train: int
-
-
-def step_flops(step: StepSpec, data: DataShape) -> tuple[float, float, int]:
-    """``(training-step FLOPs at batch_size, eval FLOPs per image, init-stage epochs)`` of one distiller, counted on
-    the CPU at a batch of :data:`FLOP_BATCH` and scaled."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ..distillers import DistillContext, objective
-    from ..models import create_model
-
-    torch.manual_seed(0)
-    s = create_model(step.student, num_classes=data.num_classes)
-    t = create_model(step.teacher, num_classes=data.num_classes) if step.teacher else None
-    method = objective(step.distiller)
-    k = method.parse(step.params, data.image_size).negatives()
-    rows = max(data.num_train, (k or 0) + 2, FLOP_BATCH)
-    ctx = DistillContext(num_classes=data.num_classes, num_train_samples=rows, image_size=data.image_size)
-    d = method.build(s, t, step.params, ctx)
-    init = d.init_stage()
-    d.train()
-    batch: dict[str, Any] = {
-        "image": torch.randn(FLOP_BATCH, 3, data.image_size, data.image_size),
-        "target": torch.zeros(FLOP_BATCH, dtype=torch.long),
-        "index": torch.arange(FLOP_BATCH),
-    }
-    if d.contrast_negatives() is not None:
-        batch["contrast_idx"] = torch.randint(0, rows, (FLOP_BATCH, d.contrast_negatives() + 1))
-    with FlopCounterMode(display=False) as counter:
-        out = d(batch)
-        sum(out.losses.values()).backward()
-    train = counter.get_total_flops() / FLOP_BATCH * step.batch_size
-    s.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        s(batch["image"])
-    return float(train), counter.get_total_flops() / FLOP_BATCH, int(init.epochs) if init is not None else 0
-
-
 def throughput(plan: CampaignPlan) -> tuple[float, str]:
     """Effective training TFLOP/s and the sentence saying where it comes from."""
     cfg = plan.campaign
-    if cfg.estimate.effective_tflops:
-        return cfg.estimate.effective_tflops, f"{cfg.estimate.effective_tflops:g} TFLOP/s (estimate.effective_tflops)"
-    gpu = cfg.estimate.gpu
-    precision = PRECISION[(gpu, bool(cfg.train.bf16))]
-    img_s = THROUGHPUT[(gpu, precision)]
-    tflops = img_s * RESNET50_TRAIN_GFLOP / 1e3
-    return tflops, (
-        f"one {gpu.upper()} ({precision.upper()}): ResNet-50 trains at {img_s:g} img/s x {RESNET50_TRAIN_GFLOP} "
-        f"GFLOP/img = {tflops:.1f} TFLOP/s effective ({THROUGHPUT_SOURCE})"
-    )
+    return effective_throughput(cfg.estimate.gpu, bool(cfg.train.bf16), cfg.estimate.effective_tflops)
 
 
 def estimate(plan: CampaignPlan, cache: Any = None) -> CostReport:
@@ -325,17 +253,6 @@ def _teachers(plan: CampaignPlan, sizes: dict[str, Sizes], cache: Any) -> list[d
     return out
 
 
-def _si(x: float) -> str:
-    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g} {unit}"
-    return f"{x:.3g} "
-
-
-def _hours(h: float) -> str:
-    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
-
-
 def format_cost(r: CostReport) -> str:
     """The dry run's printout."""
     lines = [f"campaign {r.campaign}: {r.num_runs} runs ({r.shape})"]
@@ -362,25 +279,25 @@ def format_cost(r: CostReport) -> str:
         if wide:
             for i, (label, c) in enumerate(row.items()):
                 lines.append(
-                    (lead if i == 0 else " " * len(lead)) + f"{label[:14]:<14} {_si(c.step_flops) + 'FLOP':>11}"
+                    (lead if i == 0 else " " * len(lead)) + f"{label[:14]:<14} {si(c.step_flops) + 'FLOP':>11}"
                 )
             continue
-        cells = " ".join(f"{(_si(row[x].step_flops) + 'FLOP') if x in row else '-':>10}" for x in labels)
+        cells = " ".join(f"{(si(row[x].step_flops) + 'FLOP') if x in row else '-':>10}" for x in labels)
         lines.append(lead + cells)
     if any(not s.measured for s in r.sizes.values()):
         lines.append("  * the official split size (the data is not on this machine)")
     for t in r.teachers:
         lines.append(
-            f"teacher {t['arch']} ({', '.join(t['pairs'])}): {t['epochs']} epochs, {_si(t['step_flops'])}FLOP/step, "
-            f"{_si(t['flops'])}FLOP in all, {t['status']}"
+            f"teacher {t['arch']} ({', '.join(t['pairs'])}): {t['epochs']} epochs, {si(t['step_flops'])}FLOP/step, "
+            f"{si(t['flops'])}FLOP in all, {t['status']}"
         )
     lines.append("")
-    lines.append(f"runs: {r.images_x_epochs:,} images x epochs, {_si(r.run_flops)}FLOP (training + evaluation)")
-    lines.append(f"teachers to train: {_si(r.teacher_flops)}FLOP")
+    lines.append(f"runs: {r.images_x_epochs:,} images x epochs, {si(r.run_flops)}FLOP (training + evaluation)")
+    lines.append(f"teachers to train: {si(r.teacher_flops)}FLOP")
     total = r.run_flops + r.teacher_flops
     lines.append(
-        f"estimate: {_hours(r.gpu_hours(total))} GPU-hours ({_hours(r.gpu_hours(r.run_flops))} runs + "
-        f"{_hours(r.gpu_hours(r.teacher_flops))} teachers) at {r.throughput_text}"
+        f"estimate: {gpu_hours_text(r.gpu_hours(total))} GPU-hours ({gpu_hours_text(r.gpu_hours(r.run_flops))} runs + "
+        f"{gpu_hours_text(r.gpu_hours(r.teacher_flops))} teachers) at {r.throughput_text}"
     )
     lines.append(
         "  an ESTIMATE from a documented throughput, not a measurement: no GPU measurement of these models exists "

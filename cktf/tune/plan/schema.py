@@ -21,8 +21,9 @@ from pydantic.json_schema import SkipJsonSchema
 from ...config import Config, lookup
 from ...data import DATASETS, DataConfig
 from ...distillers import Objective, objective
-from ...errors import ConfigError
+from ...errors import ConfigError, did_you_mean
 from ...models import MODELS
+from ...registry import import_plugins
 from ...settings import ResourceSpec, RunSettings
 from ...space import ParamSpec
 from ...train.config import OptimConfig, TrainConfig
@@ -232,6 +233,35 @@ class StudyConfig(RunSettings):
             meta = read_weights_meta(self.teacher.checkpoint, "teacher.checkpoint")
             lookup("teacher.checkpoint", MODELS.get, meta["arch"])
 
+    @model_validator(mode="before")
+    @classmethod
+    def _space_names(cls, data: Any) -> Any:
+        """Every searched name is a field of the method (``tau``), of the optimiser (``optim.lr``) or a searchable
+        ``train`` field, checked before the space's entries are parsed: a misspelt ``search.space.tua.low`` is named
+        as the field it is not (and the one it probably is), not as a parameter with no ``type``."""
+        if not isinstance(data, dict) or not isinstance(data.get("search"), dict):
+            return data
+        space = data["search"].get("space")
+        if not isinstance(space, dict) or not space or not isinstance(data.get("distiller"), str):
+            return data
+        if isinstance(data.get("plugins"), list):
+            import_plugins(str(m) for m in data["plugins"])
+        try:
+            method = objective(data["distiller"])
+        except ConfigError:
+            return data  # the distiller itself is named by its own check
+        known = [*method.fields(), *(f"optim.{k}" for k in OptimConfig.model_fields)]
+        known += [f"train.{k}" for k in SEARCHABLE_TRAIN]
+        for name in space:
+            if name not in known:
+                raise ConfigError(
+                    f"search.space.{name}",
+                    f"{name!r} is not a field of {data['distiller']}, of optim or a searchable train field"
+                    + did_you_mean(name, known),
+                    f"known: {', '.join(known)} (cktf distillers --fields)",
+                )
+        return data
+
     @model_validator(mode="after")
     def _check_study(self) -> StudyConfig:
         lookup("student", MODELS.get, self.student)
@@ -331,8 +361,19 @@ def _check_transfer(cfg: StudyConfig) -> None:
 
 def baseline_point(cfg: StudyConfig, image_size: int) -> dict[str, Any]:
     """The trial enqueued first: each searched field at the method's default (the official code's value), unless
-    ``search.baseline`` sets it; the study's fixed recipe wins over the paper's; fields whose default lies outside
-    the space are left to the sampler."""
+    ``search.baseline`` sets it; the study's fixed recipe wins over the paper's. A default that lies outside the
+    space takes the space's nearest value, and :func:`baseline_deviations` names it (every output that calls this
+    trial "the official defaults" says so)."""
+    return {name: v["used"] for name, v in _baseline(cfg, image_size).items()}
+
+
+def baseline_deviations(cfg: StudyConfig, image_size: int) -> dict[str, dict[str, Any]]:
+    """The baseline's fields that could not take their official value: ``{field: {"official": x, "used": y}}``."""
+    found = _baseline(cfg, image_size)
+    return {k: {"official": v["official"], "used": v["used"]} for k, v in found.items() if v["off"]}
+
+
+def _baseline(cfg: StudyConfig, image_size: int) -> dict[str, dict[str, Any]]:
     import math
 
     space, overrides = cfg.space, cfg.search.baseline
@@ -340,17 +381,18 @@ def baseline_point(cfg: StudyConfig, image_size: int) -> dict[str, Any]:
     defaults.update(cfg.recipe())
     for name, value in overrides.items():
         if name not in space:
-            raise ConfigError(f"search.baseline.{name}", "is not a searched parameter", "list it in search.space")
+            hint = did_you_mean(name, space)
+            raise ConfigError(f"search.baseline.{name}", f"not a searched parameter{hint}", "list it in search.space")
         if not space[name].contains(value):
             raise ConfigError(f"search.baseline.{name}", f"{value!r} lies outside the searched range", "fix either")
-    point: dict[str, Any] = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, spec in space.items():
         value = overrides[name] if name in overrides else defaults.get(name)
         if value is None or isinstance(value, float) and math.isnan(value):
             continue
-        if spec.contains(value):
-            point[name] = value
-    return point
+        used = spec.nearest(value)
+        out[name] = {"official": value, "used": used, "off": used != value}
+    return out
 
 
 def study_json_schema() -> dict[str, Any]:

@@ -11,6 +11,8 @@ Nothing here starts Ray or trains.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +28,9 @@ from ...train.checkpoint import read_weights_meta
 from ...train.engine import epoch_metric_names
 from ...transfer.probe import QUICK_PROBE_METRICS
 from ..results.reader import BEST_EPOCH, LAST_EPOCH
-from .schema import RECIPE_SECTIONS, StudyConfig, baseline_point
+from .schema import RECIPE_SECTIONS, StudyConfig, baseline_deviations, baseline_point
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class StudyPlan:
     #: generalised, docs/models.md), from the dry step: the pairing depends on the pair and the method, never on a
     #: searched value; logged on the MLflow parent run and every child run
     run_params: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: the baseline's fields that could not take their official value (outside the space): field -> official, used
+    baseline_deviations: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_trials(self) -> int:
@@ -72,6 +78,17 @@ def plan_study(cfg: StudyConfig, progress: bool = True) -> StudyPlan:
     check_weights(cfg, splits)
     space = cfg.space
     baseline = baseline_point(cfg, size)
+    deviations = baseline_deviations(cfg, size) if cfg.search.enqueue_baseline else {}
+    for name, dev in deviations.items():  # said before Ray starts; every output that names the defaults says it too
+        log.warning(
+            "the official defaults: %s=%r lies outside search.space.%s; trial 0 runs with %r instead (widen the space "
+            "to include it, or set search.baseline.%s)",
+            name,
+            dev["official"],
+            name,
+            dev["used"],
+            name,
+        )
     distiller, losses = dry_build(cfg, splits, teacher_arch, baseline)
     metrics = epoch_metric_names(
         losses,
@@ -94,6 +111,7 @@ def plan_study(cfg: StudyConfig, progress: bool = True) -> StudyPlan:
         metrics=metrics,
         selection=LAST_EPOCH if cfg.probe is not None else BEST_EPOCH,
         run_params=distiller.run_params(),
+        baseline_deviations=deviations,
     )
 
 
@@ -206,10 +224,11 @@ def check_negatives(cfg: StudyConfig, splits: Splits, space: Mapping[str, ParamS
     if k is None:
         return
     for name, spec in searched.items():
-        for v in spec.probe_values():
-            kv = method.parse({**base, name: v}, size).negatives()
-            if kv is not None and kv > k:
-                k, where = kv, f"search.space.{name}"
+        values = [method.parse({**base, name: v}, size).negatives() for v in spec.probe_values()]
+        if any(kv is not None and kv > k for kv in values):
+            k, where = max(kv for kv in values if kv is not None), f"search.space.{name}"
+        elif where == "params" and any(kv != k for kv in values):  # the baseline's value of a searched field
+            where = f"search.space.{name}"
     try:
         ContrastSampler(
             splits.train.targets,
@@ -220,4 +239,28 @@ def check_negatives(cfg: StudyConfig, splits: Splits, space: Mapping[str, ParamS
         )
     except ConfigError as exc:
         field = where if where != "params" else exc.field.replace("distill.", "params.")
-        raise ConfigError(field, exc.problem, exc.fix) from None
+        fix = exc.fix
+        allowed = negative_pool(splits.train.targets) if not splits.contrast_replace else None
+        if allowed is not None and field.startswith("search.space."):  # the --set that makes every value fit
+            fix = f"{space_fix(field, space[field.split('.', 2)[2]], allowed)}, or {fix}"
+        elif allowed is not None and field.startswith("params."):
+            fix = f"--set {field}={allowed}, or {fix}"
+        raise ConfigError(field, exc.problem, fix) from None
+
+
+def negative_pool(targets: Any) -> int | None:
+    """The most negatives an anchor can draw without replacement: the images outside the largest class."""
+    import numpy as np
+
+    t = np.asarray(targets)
+    if t.size == 0 or (t < 0).all():
+        return int(t.size) - 1 if t.size else None
+    return int(t.size - np.bincount(t[t >= 0]).max())
+
+
+def space_fix(field: str, spec: ParamSpec, allowed: int) -> str:
+    """``--set 'search.space.nce_k.choices=[256, 1024]'``: the searched values that fit under ``allowed``."""
+    if spec.type == "categorical":
+        fit = [c for c in spec.choices if isinstance(c, int | float) and c <= allowed] or [allowed]
+        return f"--set '{field}.choices={json.dumps(fit)}'"
+    return f"--set {field}.high={allowed}"

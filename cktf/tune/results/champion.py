@@ -151,11 +151,27 @@ def log_champion(tracking_uri: str, parent_run_id: str, model_name: str, weights
     mv = client.create_model_version(model_name, logged.model_uri, run_id=parent_run_id)
     version = str(mv.version)
     client.set_registered_model_alias(model_name, CHAMPION, version)
-    client.set_model_version_tag(model_name, version, "cktf.trial", str(meta.get("trial")))
-    metric = meta.get("metric") or {}
-    if metric.get("value") is not None:
-        client.set_model_version_tag(model_name, version, f"cktf.{metric.get('name')}", str(metric["value"]))
+    for key, value in registry_tags(meta).items():
+        client.set_model_version_tag(model_name, version, key, value)
     return {"name": model_name, "version": version, "uri": f"models:/{model_name}@{CHAMPION}"}
+
+
+def registry_tags(meta: dict[str, Any]) -> dict[str, str]:
+    """The registered version's tags, from the student's metadata (the numbers every output gives)."""
+    score, test = meta.get("score") or {}, meta.get("test_metric") or {}
+    tags = {
+        "cktf.trial": str(meta.get("trial")),
+        "cktf.best": str(meta.get("best", "")),
+        "cktf.study_status": str(meta.get("study_status", "")),
+    }
+    if score.get("display") is not None:
+        tags["cktf.score"] = str(score["display"])
+        tags["cktf.seeds"] = str(score.get("seeds"))
+    if score.get("std") is not None:
+        tags["cktf.score_std"] = f"{score['std']:.4g}"
+    if test.get("value") is not None:
+        tags[f"cktf.{test['name']}"] = f"{test['value']:.4g}"
+    return tags
 
 
 def export_registered(model_uri: str, out: str | Path, tracking_uri: str) -> dict[str, Any]:
@@ -200,9 +216,23 @@ def export_registered(model_uri: str, out: str | Path, tracking_uri: str) -> dic
             "distiller": meta.get("distiller"),
         },
     )
-    meta.update(weights=out.name, source=model_uri, model_version=info.registered_model_version)
+    meta.update(weights=out.name, source=model_uri, model_version=_version(model_uri, tracking_uri, info))
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=str))
     return meta
+
+
+def _version(model_uri: str, tracking_uri: str, info: Any) -> str | None:
+    """The registry version a ``models:/NAME@alias`` or ``models:/NAME/VERSION`` URI names."""
+    if getattr(info, "registered_model_version", None):
+        return str(info.registered_model_version)
+    import mlflow
+
+    name, _, rest = model_uri[len("models:/") :].partition("@")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    if rest:
+        return str(client.get_model_version_by_alias(name, rest).version)
+    name, _, version = name.partition("/")
+    return version or None
 
 
 __all__ = ["CHAMPION", "export_registered", "log_champion", "mark_model_training", "split_datasets", "test_once"]

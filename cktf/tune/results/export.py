@@ -1,10 +1,12 @@
-"""``cktf export``: the best finished trial's student as safetensors + JSON; ``load_student`` rebuilds it.
+"""``cktf export``: the study's student as safetensors + JSON; ``load_student`` rebuilds it.
 
-"Best" is the study results reader's (:class:`~cktf.tune.results.reader.StudyResults`): the finished trial (ran every
-epoch; ASHA-pruned and failed trials are not candidates) with the best ``search.metric`` in ``search.mode`` order at
-its selected epoch; its checkpoint's ``model_best.safetensors`` holds exactly that epoch's weights. Checkpoints and the
-study's state are read through pyarrow's filesystem layer, so a study stored on ``s3://`` or ``gs://`` exports the same
-way.
+The student is the study's best as :meth:`~.reader.StudyResults.pick` gives it: after a confirmation, the best run of
+the configuration with the best mean over its seeds; without one, the search's best finished trial. Its checkpoint's
+``model_best.safetensors`` holds the weights of its selected epoch. :func:`student_info` is the one description of
+it (its score, its test accuracy, the study's status): a complete study writes it once, into ``best/student.json``,
+and every route gives that same file (``cktf export STUDY``, the registered model's ``cktf export models:/...``, the
+Python API); a study still running or stopped is described from its index as it stands. Checkpoints and the study's
+state are read through pyarrow's filesystem layer, so a study on ``s3://`` or ``gs://`` exports the same way.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...models import DistillModel
-from .reader import StudyResults, checkpoint_filesystem, resolve_study_dir
+from .reader import SCORE, StudyResults, checkpoint_filesystem, display, resolve_study_dir, score_rule
 
 WEIGHTS = "model_best.safetensors"
+#: where a complete study keeps its student (``best/student.safetensors`` + ``best/student.json``)
+BEST_DIR, BEST_FILE = "best", "student.safetensors"
 
 
 def fetch_checkpoint_file(rec: dict[str, Any], name: str, dest: Path) -> Path:
@@ -31,20 +35,17 @@ def fetch_checkpoint_file(rec: dict[str, Any], name: str, dest: Path) -> Path:
     return dest
 
 
-def export_best(study: str | Path, out: str | Path, onnx: bool = False) -> dict[str, Any]:
-    """Write ``out`` (weights) and ``out.json`` (metadata); returns the metadata."""
+def student_info(results: StudyResults, weights: Path, status: str | None = None) -> dict[str, Any]:
+    """The student's metadata (``student.json``): its architecture and preprocessing, the study's best as every
+    output gives it (``score``: the mean over the confirmation's seeds, or the trial's own), its test accuracy, the
+    study's status (``status``: the one the study is about to end with; default: the state's)."""
     from ...train.checkpoint import read_weights_meta
 
-    results = StudyResults(resolve_study_dir(study))
-    best = results.best(required=True)
-    rec = best.record
-    out = Path(out)
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = fetch_checkpoint_file(rec, WEIGHTS, Path(tmp) / WEIGHTS)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(weights, out)
-    meta = read_weights_meta(out, "checkpoint")
-    info = {
+    pick = results.pick()
+    meta = read_weights_meta(weights, "checkpoint")
+    test = results.pick_test()
+    once = (results.state.get("final_test") or {}).get("trial") == pick.trial.trial_id
+    return {
         "architecture": meta["arch"],
         "num_classes": meta["num_classes"],
         "dataset": meta.get("dataset"),
@@ -52,21 +53,61 @@ def export_best(study: str | Path, out: str | Path, onnx: bool = False) -> dict[
         "normalization": {"mean": meta.get("mean"), "std": meta.get("std")},
         "classes": meta.get("classes"),
         "distiller": meta.get("distiller"),
-        "config": best.config,
-        "metric": {"name": results.metric, "mode": results.mode, "value": best.score, "epoch": best.epoch},
-        "test_metric": {"name": results.test_metric, "value": best.test},
+        "config": pick.config,
+        "best": pick.describe(),
+        SCORE: {
+            "value": pick.score,
+            "display": display(pick.score),
+            "std": pick.std,
+            "seeds": pick.n,
+            "confirmed": pick.confirmed,
+            "rule": score_rule(results.metric, results.selection),
+            "trial_value": pick.trial.score,
+        },
+        "metric": {"name": results.metric, "mode": results.mode, "value": pick.score, "epoch": pick.trial.epoch},
+        "test_metric": {
+            "name": results.test_metric,
+            "value": test,
+            "read": "once, for the final pick" if once else "at the trial's selected epoch",
+        },
         "study": results.name,
         "study_dir": results.study_dir,
-        "study_status": results.state.get("status"),
-        "trial": best.trial_id,
-        "mlflow_run_id": rec.get("mlflow_run_id"),
-        "weights": out.name,
+        "study_status": status or results.state.get("status", "running"),
+        "trial": pick.trial.trial_id,
+        "mlflow_run_id": pick.trial.record.get("mlflow_run_id"),
+        "weights": weights.name,
     }
-    meta_path = out.with_suffix(".json")
+
+
+def write_student(results: StudyResults, out: Path) -> None:
+    """The pick's weights (its checkpoint's ``model_best.safetensors``) at ``out``."""
+    pick = results.pick()
+    if pick is None:
+        results.search_best(required=True)  # the error naming what is missing
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = fetch_checkpoint_file(pick.trial.record, WEIGHTS, Path(tmp) / WEIGHTS)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(weights, out)
+
+
+def export_best(study: str | Path, out: str | Path, onnx: bool = False) -> dict[str, Any]:
+    """Write ``out`` (weights) and ``out.json`` (metadata); returns the metadata. A complete study gives the files it
+    wrote when it ended; another is described from its index as it stands."""
+    results = StudyResults(resolve_study_dir(study))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = results.store
+    if results.state.get("status") in ("complete", "failed") and store.exists(BEST_DIR, "student.json"):
+        info = json.loads(store.read_text(BEST_DIR, "student.json"))
+        store.download(out, BEST_DIR, BEST_FILE)
+    else:
+        write_student(results, out)
+        info = student_info(results, out)
+    info["weights"] = out.name
     if onnx:
         export_onnx(out, out.with_suffix(".onnx"))
         info["onnx"] = out.with_suffix(".onnx").name
-    meta_path.write_text(json.dumps(info, indent=1))
+    out.with_suffix(".json").write_text(json.dumps(info, indent=1))
     return info
 
 
@@ -101,3 +142,6 @@ def export_onnx(weights: Path, dest: Path) -> None:
             raise
         dest.unlink(missing_ok=True)
         raise ConfigError("--onnx", f"ONNX export needs the onnx package ({exc})", "pip install onnx") from None
+
+
+__all__ = ["BEST_DIR", "BEST_FILE", "export_best", "export_onnx", "load_student", "student_info", "write_student"]

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .anchors import published_groups
+from .markdown import best_line
+from .reader import SCORE
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -52,14 +54,18 @@ def _img(path: Path) -> str:
 
 
 def to_html(s: dict[str, Any], folder: Path) -> str:
-    metric, test = s["metric"], s["test_metric"]
+    test = s["test_metric"]
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>cktf study {html.escape(s['study'])}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>Study {html.escape(s['study'])} <span class='muted'>({html.escape(str(s['status']))})</span></h1>",
         f"<p class='headline' id='headline'>{html.escape(s['headline'])}</p>",
-        "<p class='muted'>trials: " + ", ".join(f"{k} {v}" for k, v in s["counts"].items()) + "</p>",
+        "<p class='muted'>trials: "
+        + ", ".join(f"{k} {v}" for k, v in s["counts"].items())
+        + f"; {SCORE}: {html.escape(s['score']['rule'])}</p>",
     ]
+    if s.get("best"):
+        parts.append(f"<p id='best'>{html.escape(best_line(s).replace('**', ''))}</p>")
     if s.get("confirmation"):
         rows = []
         for c in s["confirmation"]:
@@ -70,14 +76,14 @@ def to_html(s: dict[str, Any], folder: Path) -> str:
             rows.append([name, c["source_trial"], ms, c["n"], per, cfg])
         parts += [
             "<h2>Confirmation over seeds</h2>",
-            _table(["config", "source", f"{metric} mean ± std", "n", "per seed", "values"], rows, 0),
+            _table(["config", "source", f"{SCORE} mean ± std", "n", "per seed", "values"], rows, 0),
         ]
-        g = s.get("confirmed_gain")
-        if g:
+        for c in s.get("comparisons") or []:
+            g = c["diff"]
             parts.append(
-                f"<p>best vs defaults, paired over seeds: {g['mean']:+.2f}, {round(g['level'] * 100)}% CI "
-                f"[{g['low']:+.2f}, {g['high']:+.2f}], {html.escape(g['test'])} p = {g['p_value']:.3g} "
-                f"(n = {g['n']}){': within noise' if g['within_noise'] else ''}</p>"
+                f"<p class='comparison'>best vs {html.escape(c['against'])}, paired over seeds: {g['mean']:+.2f}, "
+                f"{round(g['level'] * 100)}% CI [{g['low']:+.2f}, {g['high']:+.2f}], {html.escape(g['test'])} "
+                f"p = {g['p_value']:.3g} (n = {g['n']}){': within noise' if g['within_noise'] else ''}</p>"
             )
     if s.get("anchor"):
         a = s["anchor"]
@@ -101,8 +107,10 @@ def to_html(s: dict[str, Any], folder: Path) -> str:
         ]
         for x in s["top"]
     ]
-    parts += ["<h2>Trials</h2>", _table(["trial", "status", "epochs", metric, test, *keys], rows, 0 if rows else None)]
+    parts += ["<h2>Trials</h2>", _table(["trial", "status", "epochs", SCORE, test, *keys], rows, 0 if rows else None)]
     parts.append("<h2>Plots</h2>")
+    if s.get("caution"):
+        parts.append(f"<p class='muted caution'>{html.escape(s['caution'])}.</p>")
     for name in s.get("plots", []):
         if (folder / name).exists():
             parts.append(_img(folder / name))

@@ -37,7 +37,9 @@ from .reader import (
     FINISHED,
     PRUNED,
     RUNNING,
+    SCORE,
     TrialIndex,
+    display,
     read_state,
     select_epoch,
     wanted_metrics,
@@ -109,9 +111,10 @@ class StageLineage:
         return False
 
     def end_metrics(self, record: dict[str, Any], status: str) -> dict[str, float]:
-        """What the trial's run logs when it ends: its score at the selected epoch."""
+        """What the trial's run logs when it ends: its score (its selection metric at its selected epoch, as every
+        output shows it; :data:`~.index.SCORE`), the column people sort the runs table by."""
         score = record.get("score")
-        return {f"selected_{self.metric}": float(score)} if isinstance(score, int | float) else {}
+        return {SCORE: display(score)} if isinstance(score, int | float) else {}
 
     def epochs_of(self, key: str) -> int:
         """The epochs the trial ``key`` runs when nothing stops it."""

@@ -153,10 +153,9 @@ def sync_study(tracking: Any, store: Any, experiment_id: str, parent_id: str) ->
     Idempotent: a second call adds nothing. Each epoch is logged once (steps already in the run are skipped)."""
     from mlflow.entities import Metric, Param
 
-    from .reader import MLFLOW_STATUS, TERMINAL, TrialIndex, read_state
+    from .reader import MLFLOW_STATUS, SCORE, TERMINAL, TrialIndex, display
 
     index = TrialIndex(store)
-    selected = read_state(store).get("metric", "val_acc")
     done = {"runs_created": 0, "epochs_logged": 0, "statuses_fixed": 0}
     for rec in index.all():
         run_id = rec.get("mlflow_run_id")
@@ -217,7 +216,7 @@ def sync_study(tracking: Any, store: Any, experiment_id: str, parent_id: str) ->
         ):
             metrics = rec.get("end_metrics")
             if metrics is None and isinstance(rec.get("score"), int | float):  # a record of an older driver
-                metrics = {f"selected_{selected}": rec["score"]}
+                metrics = {SCORE: display(rec["score"])}
             terminate_run(tracking, run_id, status, rec.get("error"), metrics)
             done["statuses_fixed"] += 1
     return done

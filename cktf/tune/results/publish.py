@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .reader import StudyResults, write_state
+from .reader import SCORE, StudyResults, display, write_state
 
 log = logging.getLogger(__name__)
 
@@ -30,46 +30,56 @@ class Published:
     model_uri: str = ""  # the registered champion (models:/NAME@champion)
 
 
-def publish_study(results: StudyResults, client: Any, parent_id: str, tracking_uri: str, splits: Any) -> Published:
-    """Export, report and publish a complete study (see the module docstring); ``splits``: the study's data, for the
-    test split's single read (``None``: not read)."""
-    from .export import export_best
+def publish_study(results: StudyResults, client: Any, parent_id: str, tracking_uri: str, splits: Any, status: str):
+    """Export, report and publish a complete study (see the module docstring); ``splits``: the study's data, for
+    the test split's single read (``None``: not read); ``status``: the one the study ends with (``complete``, or
+    ``failed`` when every trial failed), written in ``student.json`` as every route gives it."""
+    from .export import BEST_DIR, BEST_FILE, student_info, write_student
     from .report import write_report
 
-    store, best = results.store, results.best()
-    best_dir, test = None, None
-    if best is not None:
+    store, pick = results.store, results.pick()
+    best_dir = None
+    if pick is not None:
         write_state(store, stage="export")
-        best_dir = store.local_path("best") or Path(tempfile.mkdtemp(prefix="cktf-best-"))
-        weights = best_dir / "student.safetensors"
-        info = export_best(store.uri, weights)
-        test = best.test
-        if test is None and splits is not None:  # trials did not read the test split: the final pick, once
+        best_dir = store.local_path(BEST_DIR) or Path(tempfile.mkdtemp(prefix="cktf-best-"))
+        weights = best_dir / BEST_FILE
+        write_student(results, weights)
+        if results.pick_test() is None and splits is not None:  # trials did not read the test split: the pick, once
             from .champion import test_once
 
-            scores = test_once(weights, splits)
-            test = scores.get(results.test_metric)
-            info["test_metric"] = {"name": results.test_metric, "value": test, "read": "once, for the final pick"}
-            weights.with_suffix(".json").write_text(json.dumps(info, indent=1))
-            write_state(store, final_test={**scores, "trial": best.trial_id})
-        store.upload(best_dir, "best")
+            write_state(store, final_test={**test_once(weights, splits), "trial": pick.trial.trial_id})
+        results = StudyResults(store)
+        info = student_info(results, weights, status)
+        weights.with_suffix(".json").write_text(json.dumps(info, indent=1))
+        store.upload(best_dir, BEST_DIR)
     write_state(store, stage="report")
     report_dir = write_report(StudyResults(store))
     headline = json.loads((report_dir / "summary.json").read_text()).get("headline", "")
     client.log_artifacts(parent_id, str(report_dir), "report")
     client.set_tag(parent_id, "cktf.report", "report/report.html")
     champion = None
-    if best is not None:
+    if pick is not None:
         write_state(store, stage="publish")
-        champion = register(client, tracking_uri, parent_id, results.name, best_dir / "student.safetensors")
+        champion = register(client, tracking_uri, parent_id, results.name, best_dir / BEST_FILE)
         client.log_artifacts(parent_id, str(best_dir), "best_student")
-        client.log_metric(parent_id, f"best/{results.metric}", float(best.score))
-        if test is not None:
-            client.log_metric(parent_id, f"best/{results.test_metric}", float(test))
-        client.set_tag(parent_id, "cktf.best_trial", best.trial_id)
+        for key, value in best_metrics(info).items():
+            client.log_metric(parent_id, key, value)
+        client.set_tag(parent_id, "cktf.best_trial", info["trial"])
+        client.set_tag(parent_id, "cktf.best", info["best"])
         if champion:
             client.set_tag(parent_id, "cktf.model", champion["uri"])
     return Published(headline, (champion or {}).get("uri", ""))
+
+
+def best_metrics(info: dict[str, Any]) -> dict[str, float]:
+    """The parent run's ``best/*`` metrics, from the student's metadata (the numbers every output gives)."""
+    score, test = info[SCORE], info["test_metric"]
+    out = {f"best/{SCORE}": score["display"], "best/seeds": float(score["seeds"])}
+    if score.get("std") is not None:
+        out[f"best/{SCORE}_std"] = display(score["std"])
+    if test.get("value") is not None:
+        out[f"best/{test['name']}"] = display(test["value"])
+    return out
 
 
 def register(client: Any, tracking_uri: str, parent_id: str, name: str, weights: Path) -> dict[str, Any] | None:
@@ -96,4 +106,4 @@ def withdraw_best(client: Any, parent_id: str) -> None:
             client.delete_tag(parent_id, key)
 
 
-__all__ = ["Published", "publish_study", "register", "withdraw_best"]
+__all__ = ["Published", "best_metrics", "publish_study", "register", "withdraw_best"]

@@ -1,10 +1,5 @@
-"""The one reader of a study's results: its trial index and state, and what "best" means.
+"""The one reader of a study's results: its trial index and state (:mod:`.index`), and what "best" means.
 
-* :class:`TrialIndex` -- ``trials/<trial_id>.json`` in the study's folder, one small file per trial (config,
-  status, per-epoch history, latest checkpoint, MLflow run id). The driver's MLflow callback writes it; everything
-  else reads it without Ray. It is the source of truth for what each trial did (docs/architecture.md).
-* ``state.json`` -- the study's own facts: the selection metric and mode, how a trial's history is judged (its best
-  epoch, or its last in transfer studies), the plan's size, the baseline point, the MLflow parent run, its status.
 * :class:`StudyResults` -- one object over both, used by export, report, the MLflow callback and the CLI: trials,
   statuses and counts, the selected epoch and score of each trial, the best finished trial by ``search.metric``
   and ``search.mode``, the baseline (official defaults) trial.
@@ -15,109 +10,39 @@
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
+from .index import (  # noqa: F401  (the vocabulary, read through this module too)
+    BEST_EPOCH,
+    CONFIRM,
+    FAILED,
+    FAILURE_KEY,
+    FINISHED,
+    LAST_EPOCH,
+    MLFLOW_STATUS,
+    PRUNED,
+    RUNNING,
+    SCORE,
+    SEARCH,
+    STATE_FILE,
+    TERMINAL,
+    TrialIndex,
+    as_store,
+    checkpoint_filesystem,
+    display,
+    finite,
+    read_state,
+    score_rule,
+    select_epoch,
+    test_split_metric,
+    wanted_metrics,
+    write_state,
+)
 from .store import StudyStore, is_uri
-
-RUNNING, FINISHED, PRUNED, FAILED = "running", "finished", "pruned", "failed"
-#: a trial in one of these has ended for good (failed: after its retries)
-TERMINAL = (FINISHED, PRUNED, FAILED)
-MLFLOW_STATUS = {FINISHED: "FINISHED", PRUNED: "KILLED", FAILED: "FAILED", RUNNING: "RUNNING"}
-STATE_FILE = "state.json"
-#: how a trial's history is judged: its best epoch by the metric, or (transfer studies) its last epoch
-BEST_EPOCH, LAST_EPOCH = "best_epoch", "last_epoch"
-
-#: the stage of a record: the search (Optuna + ASHA) or the confirmation over new seeds
-SEARCH, CONFIRM = "search", "confirm"
-
-#: a trial's last result carries this key when it failed for a reason a retry cannot fix (a non-finite loss)
-FAILURE_KEY = "cktf/failure"
-
-#: metric names (prefixes) that reach the index and MLflow; Ray's bookkeeping keys (pid, timestamp, config/...) do not
-METRIC_PREFIXES = ("loss/", "train_acc", "val_", "test_", "probe_", "lr", "epoch_time_s", "eval_time_s", "images_per_s")
-
-
-def wanted_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in result.items():
-        if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = float(v)
-    return out
-
-
-def as_store(study: StudyStore | str | os.PathLike) -> StudyStore:
-    return study if isinstance(study, StudyStore) else StudyStore(study)
-
-
-def select_epoch(history: list[dict[str, Any]], metric: str, mode: str = "max", selection: str = BEST_EPOCH) -> dict:
-    """The epoch a trial is judged by: its best ``metric`` epoch in ``mode`` order, or its last epoch
-    (``LAST_EPOCH``: transfer studies, whose last epoch carries the full probe of the exported weights)."""
-    rows = [h for h in history if _finite(h.get(metric))]
-    if not rows:
-        return {}
-    if selection == LAST_EPOCH:
-        return rows[-1]
-    pick = max if mode == "max" else min
-    return pick(rows, key=lambda h: h[metric])
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def checkpoint_filesystem(rec: dict[str, Any]):
-    """``(filesystem, path)`` of a trial record's latest checkpoint (its scheme from the recorded filesystem type)."""
-    import pyarrow.fs as pafs
-
-    scheme = {"S3FileSystem": "s3://", "GcsFileSystem": "gs://"}.get(rec.get("checkpoint_fs", ""), "")
-    if not scheme:
-        return pafs.LocalFileSystem(), rec["checkpoint"]
-    return pafs.FileSystem.from_uri(scheme + rec["checkpoint"])
-
-
-def test_split_metric(metric: str) -> str:
-    """The test-split counterpart of a selection metric (``val_acc`` -> ``test_acc``; else ``test_acc``)."""
-    return metric.replace("val_", "test_", 1) if "val_" in metric else "test_acc"
-
-
-class TrialIndex:
-    """``trials/<trial_id>.json`` in a study's store: what cktf knows about each trial (atomic rewrites)."""
-
-    def __init__(self, study: StudyStore | str | os.PathLike):
-        self.store = as_store(study)
-
-    def get(self, trial_id: str) -> dict[str, Any]:
-        return self.store.read_json("trials", f"{trial_id}.json", default={})
-
-    def update(self, trial_id: str, **fields: Any) -> dict[str, Any]:
-        rec = self.get(trial_id)
-        rec.update(fields, trial_id=trial_id)
-        self.store.write_json(rec, "trials", f"{trial_id}.json")
-        return rec
-
-    def delete(self, trial_id: str) -> None:
-        self.store.delete("trials", f"{trial_id}.json")
-
-    def all(self) -> list[dict[str, Any]]:
-        recs = [self.store.read_json("trials", name, default={}) for name in self.store.list("trials", suffix=".json")]
-        return sorted((r for r in recs if r), key=lambda r: r.get("created", 0))
-
-
-def read_state(study: StudyStore | str | os.PathLike) -> dict[str, Any]:
-    return as_store(study).read_json(STATE_FILE, default={}) or {}
-
-
-def write_state(study: StudyStore | str | os.PathLike, **fields: Any) -> dict[str, Any]:
-    store = as_store(study)
-    state = {**read_state(store), **fields}
-    store.write_json(state, STATE_FILE)
-    return state
 
 
 @dataclass(frozen=True)
@@ -152,6 +77,34 @@ class TrialResult:
     @property
     def epoch(self) -> int | None:
         return self.epoch_row.get("epoch")
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The study's best, as every output gives it: after a confirmation, the configuration with the best mean over
+    its seeds (``score`` is that mean, ``trial`` its best run, whose weights are the study's student); without one,
+    the search's best finished trial (one seed)."""
+
+    trial: TrialResult
+    score: float
+    std: float | None
+    n: int
+    confirmed: bool
+    group: int | None = None
+    baseline: bool = False
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The configuration's values (a confirmation run's seed left out)."""
+        return {k: v for k, v in self.trial.config.items() if k != "train.seed"}
+
+    def describe(self) -> str:
+        """``c1`` / ``the official defaults`` / ``trial t03``: how the outputs name it."""
+        if self.baseline:
+            return "the official defaults"
+        if self.confirmed:
+            return f"configuration c{self.group}"
+        return f"trial {self.trial.record.get('head') or self.trial.trial_id}"
 
 
 @dataclass(frozen=True)
@@ -210,7 +163,7 @@ class StudyResults:
     def judge(self, record: dict[str, Any]) -> TrialResult:
         row = select_epoch(record.get("history", []), self.metric, self.mode, self.selection)
         score = row.get(self.metric)
-        return TrialResult(record, row, float(score) if _finite(score) else None, row.get(self.test_metric))
+        return TrialResult(record, row, float(score) if finite(score) else None, row.get(self.test_metric))
 
     def trials(self) -> list[TrialResult]:
         """The search's trials (not the confirmation runs)."""
@@ -318,6 +271,35 @@ class StudyResults:
             )
         return None
 
+    def pick(self) -> Pick | None:
+        """The study's best (:class:`Pick`): the one answer of the headline, the report, MLflow's ``best/*``, the
+        registry and every export."""
+        for conf in self.confirmation():
+            if conf.spread is None:
+                continue
+            runs = sorted(
+                (r for r in conf.runs if r.status == FINISHED and r.score is not None and r.record.get("checkpoint")),
+                key=self.sort_key,
+            )
+            if runs:
+                s = conf.spread
+                return Pick(runs[0], s.mean, s.std, s.n, True, conf.group, conf.baseline)
+        best = self.search_best()
+        if best is None:
+            return None
+        return Pick(best, float(best.score), None, 1, False, None, best.baseline)
+
+    def pick_test(self) -> float | None:
+        """The test accuracy of the study's student: read once for the final pick (a study with a confirmation),
+        else at its trial's selected epoch."""
+        pick = self.pick()
+        if pick is None:
+            return None
+        once = self.state.get("final_test") or {}
+        if once.get("trial") == pick.trial.trial_id and once.get(self.test_metric) is not None:
+            return float(once[self.test_metric])
+        return pick.trial.test
+
     def baseline(self) -> TrialResult | None:
         return next((t for t in self.trials() if t.baseline), None)
 
@@ -329,21 +311,44 @@ class StudyResults:
             return None
         return best.score - base.score if self.mode == "max" else base.score - best.score
 
+    def paired(self, a: ConfirmedConfig, b: ConfirmedConfig, level: float = 0.95):
+        """``a - b`` paired over their shared seeds, signed so that positive means ``a`` is better: a
+        :class:`~.stats.PairedDiff`, or ``None`` with fewer than two shared seeds."""
+        from .stats import paired_diff
+
+        x, y = a.scores_by_seed(), b.scores_by_seed()
+        seeds = sorted(set(x) & set(y))
+        if len(seeds) < 2:
+            return None
+        va, vb = [x[s] for s in seeds], [y[s] for s in seeds]
+        return paired_diff(va, vb, level) if self.mode == "max" else paired_diff(vb, va, level)
+
     def confirmed_gain(self, level: float = 0.95):
         """The winner's paired difference from the confirmed defaults (same seeds), signed so that positive is an
         improvement: a :class:`~.stats.PairedDiff`, or ``None`` without both (or with fewer than two shared seeds)."""
-        from .stats import paired_diff
-
         confs = self.confirmation()
         base = next((c for c in confs if c.baseline), None)
         if not confs or base is None or confs[0] is base or confs[0].spread is None:
             return None
-        win, ref = confs[0].scores_by_seed(), base.scores_by_seed()
-        seeds = sorted(set(win) & set(ref))
-        if len(seeds) < 2:
-            return None
-        a, b = [win[s] for s in seeds], [ref[s] for s in seeds]
-        return paired_diff(a, b, level) if self.mode == "max" else paired_diff(b, a, level)
+        return self.paired(confs[0], base, level)
+
+    def comparisons(self, level: float = 0.95) -> list[dict[str, Any]]:
+        """The confirmed winner against the official defaults and against the search's best single trial (its
+        configuration), whichever of them it is not: when the defaults win, they are compared with the search's
+        best. Each: the other's name, the paired difference (winner - other, positive = the winner is better)."""
+        confs = [c for c in self.confirmation() if c.spread is not None]
+        if len(confs) < 2:
+            return []
+        win, out = confs[0], []
+        base = next((c for c in confs if c.baseline), None)
+        search = next((c for c in confs if not c.baseline and c.group == 1), None)  # the search's best trial
+        for other, label in ((base, "the official defaults"), (search, "the search's best trial (c1)")):
+            if other is None or other is win:
+                continue
+            diff = self.paired(win, other, level)
+            if diff is not None:
+                out.append({"against": label, "group": other.group, "diff": diff})
+        return out
 
 
 def resolve_study_dir(study: str | os.PathLike, workdir: str = "runs/studies") -> str:
@@ -366,6 +371,7 @@ def resolve_study_dir(study: str | os.PathLike, workdir: str = "runs/studies") -
 
 
 __all__ = [
+    "SCORE",
     "BEST_EPOCH",
     "FAILURE_KEY",
     "FAILED",
@@ -373,6 +379,7 @@ __all__ = [
     "LAST_EPOCH",
     "MLFLOW_STATUS",
     "PRUNED",
+    "Pick",
     "RUNNING",
     "TERMINAL",
     "StudyResults",
@@ -381,6 +388,7 @@ __all__ = [
     "read_state",
     "resolve_study_dir",
     "select_epoch",
+    "display",
     "wanted_metrics",
     "write_state",
 ]

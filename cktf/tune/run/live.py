@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from ..results.mlflow_runs import run_name, short_params
-from ..results.reader import CONFIRM, FAILED, FINISHED, PRUNED, RUNNING, SEARCH, TrialIndex
+from ..results.reader import CONFIRM, FAILED, FINISHED, PRUNED, RUNNING, SCORE, SEARCH, TrialIndex, score_rule
 
 
 def clock(seconds: float) -> str:
@@ -76,8 +76,11 @@ class LiveView(Callback):
         score = rec.get("score")
         value = f"{score:7.2f}" if isinstance(score, int | float) else "      -"
         params = "defaults" if rec.get("baseline") else short_params(rec.get("config", {}), self.searched, 64)
+        if rec.get("baseline") and rec.get("deviations"):  # not quite: the fields outside the space say what they took
+            used = ", ".join(f"{k}={v['used']}" for k, v in sorted(rec["deviations"].items()))
+            params += f" ({used}, not official)"
         epochs = f"{int(rec.get('iterations', len(rec.get('history', []))))}/{self.max_t} ep"
-        return f"  {head:<9} {rec.get('status', RUNNING):<8} {epochs:>8}  {self.metric} {value}  {params}"
+        return f"  {head:<9} {rec.get('status', RUNNING):<8} {epochs:>8}  {SCORE} {value}  {params}"
 
     def progress(self, recs: list[dict[str, Any]]) -> str:
         c = self.counts(recs)
@@ -91,7 +94,7 @@ class LiveView(Callback):
         best = self.best(recs)
         top = ""
         if best is not None:
-            top = f" · best {self.metric} {best['score']:.2f} ({self.row(best).split()[0]})"
+            top = f" · best {SCORE} {best['score']:.2f} ({self.row(best).split()[0]})"
         return (
             f"  [{c[FINISHED]} finished · {c[PRUNED]} pruned · {c[FAILED]} failed · {c[RUNNING]} running"
             f" · {ended}/{self.num_trials}] {clock(elapsed)} elapsed{eta}{top}"
@@ -152,7 +155,8 @@ def header(plan: Any, store_uri: str, log_path: str, mlflow_line: str) -> str:
         [
             f"cktf study {cfg.name}: {plan.num_trials} trials of {cfg.distiller} ({pair}, {cfg.data.dataset}), "
             f"ASHA + {cfg.sampler.name} on {cfg.search.metric} ({cfg.search.mode}){confirm}",
-            f"  per trial {res.cpu:g} CPU, {res.gpu:g} GPU, {at_once} · up to {cfg.train.epochs} epochs",
+            f"  per trial {res.cpu:g} CPU, {res.gpu:g} GPU, {at_once} · up to {cfg.train.epochs} epochs"
+            f" · {SCORE} = {score_rule(cfg.search.metric, plan.selection)}",
             f"  results: {store_uri} · log: {log_path}",
             f"  MLflow: {mlflow_line}",
         ]

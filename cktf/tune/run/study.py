@@ -26,7 +26,7 @@ from typing import Any
 from ..plan.validate import StudyPlan
 from ..results.lineage import ParentRun, StageLineage, TrialLabels
 from ..results.mlflow_runs import dataset_inputs, flat_config, run_name, trial_tags
-from ..results.reader import CONFIRM, FINISHED, SEARCH, StudyResults, TrialIndex, TrialResult
+from ..results.reader import CONFIRM, FINISHED, SEARCH, Pick, StudyResults, TrialIndex
 from .context import TIME_ATTR, RunContext, RunOptions
 from .stages import GridStage, SearchStage
 
@@ -39,7 +39,7 @@ class StudyOutcome:
     study_dir: str
     num_trials: int
     counts: dict[str, int]
-    best: TrialResult | None
+    best: Pick | None  # the study's best (its score over the confirmation's seeds where there is one)
     metric: str
     wall_s: float
     interrupted: bool = False
@@ -65,6 +65,7 @@ class SearchLineage(StageLineage):
 
     baseline: dict[str, Any] = field(default_factory=dict)
     searched: tuple[str, ...] = ()
+    deviations: dict[str, Any] = field(default_factory=dict)  # the defaults' fields outside the space
 
     def adopts_ghosts(self) -> bool:
         return True
@@ -76,7 +77,18 @@ class SearchLineage(StageLineage):
         record = {"stage": SEARCH, "number": number, "baseline": is_baseline, "head": f"t{number:02d}"}
         tags = {**trial_tags(parent.parent_run_id, key, parent.name, is_baseline), "cktf.stage": SEARCH}
         name = run_name({**record, "config": config}, list(self.searched) or None)
+        if is_baseline:
+            name, record = _mark_deviations(name, record, tags, self.deviations)
         return TrialLabels(config, record, name, tags, config)
+
+
+def _mark_deviations(name: str, record: dict, tags: dict, deviations: dict) -> tuple[str, dict]:
+    """The official defaults' run says which fields could not take their official value (outside the space)."""
+    if not deviations:
+        return name, record
+    tags["cktf.baseline_deviations"] = json.dumps(deviations, default=str)
+    short = ", ".join(f"{k}={v['used']}" for k, v in sorted(deviations.items()))
+    return f"{name} ({short}, not official)", {**record, "deviations": deviations}
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,7 @@ class ConfirmLineage(StageLineage):
     """The confirmation's runs: a configuration's group and a new seed each (``c1 s1000``)."""
 
     searched: tuple[str, ...] = ()
+    deviations: dict[str, Any] = field(default_factory=dict)  # the defaults' fields outside the space
 
     def describe(self, key: str, trial: Any, index: TrialIndex, parent: ParentRun) -> TrialLabels:
         config, raw = self.config_of(trial), flat_config(dict(trial.config))
@@ -104,6 +117,8 @@ class ConfirmLineage(StageLineage):
             "cktf.seed": str(seed),
         }
         name = run_name({**record, "config": config}, list(self.searched) or None)
+        if is_baseline:
+            name, record = _mark_deviations(name, record, tags, self.deviations)
         return TrialLabels(config, record, name, tags, {**config, "seed": seed})
 
 
@@ -183,6 +198,7 @@ def search_stage(plan: StudyPlan, ctx: RunContext, shared: dict[str, Any], datas
             asha=(cfg.asha.grace_period, cfg.asha.reduction_factor),
             baseline=dict(plan.baseline),
             searched=searched,
+            deviations=dict(plan.baseline_deviations),
         ),
         count=plan.num_trials,
         searched=searched,
@@ -219,6 +235,7 @@ def confirm_stage(plan: StudyPlan, shared: dict[str, Any], datasets: list, point
             selection=plan.selection,
             datasets=datasets,
             searched=searched,
+            deviations=dict(plan.baseline_deviations),
         ),
         count=len(points),
         searched=searched,
@@ -288,8 +305,11 @@ def _stages(ctx: RunContext, plan: StudyPlan) -> StudyOutcome:
     if ctx.open_parent({}, parent_params(plan)):
         ctx.client.log_inputs(ctx.parent.parent_run_id, datasets=dataset_inputs(datasets))
     state = ctx.state
+    if plan.baseline_deviations:
+        ctx.client.set_tag(ctx.parent.parent_run_id, "cktf.baseline_deviations", json.dumps(plan.baseline_deviations))
     ctx.write_state(
         baseline=dict(plan.baseline),
+        baseline_deviations=dict(plan.baseline_deviations),
         experiment_path=cfg.ray_storage.rstrip("/") + "/" + cfg.name,
         metric=cfg.search.metric,
         mode=cfg.search.mode,
@@ -344,7 +364,7 @@ def finish_study(ctx: RunContext, plan: StudyPlan, complete: bool, interrupted: 
     status = ("failed" if results.all_failed() else "complete") if complete else "incomplete"
     published = Published()
     if complete:
-        published = publish_study(results, client, parent_id, cfg.mlflow.tracking_uri, plan.splits)
+        published = publish_study(results, client, parent_id, cfg.mlflow.tracking_uri, plan.splits, status)
     else:
         withdraw_best(client, parent_id)
     ctx.close(status, counts, f"send them to MLflow with: cktf mlflow-sync {ctx.store.uri}")
@@ -353,7 +373,7 @@ def finish_study(ctx: RunContext, plan: StudyPlan, complete: bool, interrupted: 
         ctx.store.uri,
         plan.num_trials,
         counts,
-        results.best() if complete else None,
+        results.pick() if complete else None,
         results.metric,
         ctx.wall_s,
         interrupted,
