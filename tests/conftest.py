@@ -70,3 +70,46 @@ def processes():
         yield procs
     finally:
         procs.stop_all()
+
+
+#: the quick-start study made small for the tests (tests/test_quickstart.py, test_browser.py): every trial 3 steps
+#: an epoch on a 600-image slice, a 1-epoch teacher, N small enough for the slice; the confirmation kept
+QUICKSTART_SETS = (
+    "data.train_subset=600",
+    "data.test_subset=200",
+    "train.max_steps_per_epoch=3",
+    "teacher.train.epochs=1",
+    "search.num_samples=6",
+    "search.space.nce_k.choices=[64,128]",
+)
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory, data_root):
+    """The quick-start study as a user runs it: ``cktf tune studies/quickstart.yaml`` in a terminal 160 columns wide
+    (the live view), smaller (:data:`QUICKSTART_SETS`); its terminal output, folder and tracking store."""
+    import sys
+    from types import SimpleNamespace
+
+    tmp = tmp_path_factory.mktemp("quickstart")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(
+        COLUMNS="160",
+        CKTF_WORKDIR=str(tmp / "studies"),
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}",
+        RAY_AUTH_MODE="disabled",
+    )
+    cmd = [sys.executable, "-c", "import sys; from cktf.cli import main; sys.exit(main())", "tune"]
+    cmd += [str(root / "studies" / "quickstart.yaml"), "--data-root", str(data_root)]
+    for item in QUICKSTART_SETS:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=1200)
+    return SimpleNamespace(
+        proc=proc,
+        tmp=tmp,
+        dir=tmp / "studies" / "quickstart",
+        uri=env["MLFLOW_TRACKING_URI"],
+        experiment="cktf-quickstart",
+        name="quickstart",
+    )

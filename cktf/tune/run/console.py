@@ -115,6 +115,19 @@ class RunLog:
                     logging.getLogger(name).addHandler(self.summary)
         return str(local)
 
+    def reattach(self) -> None:
+        """Put the log file (and the one-line summary of errors) back on the libraries' loggers: ``ray.init`` clears
+        the "ray" logger's handlers, after which Python's last-resort handler would print its warnings on the
+        terminal."""
+        for name in self.OWN_HANDLERS:
+            lg = logging.getLogger(name)
+            if self.handler not in lg.handlers:
+                lg.addHandler(self.handler)
+            if self.summary is not None and not lg.propagate and self.summary not in lg.handlers:
+                lg.addHandler(self.summary)
+            if lg.level == logging.NOTSET or lg.level > logging.INFO:
+                lg.setLevel(logging.INFO)
+
     def console_handlers(self) -> list[logging.Handler]:
         """Every terminal handler of every logger (Ray's, MLflow's, the root's)."""
         loggers = [logging.getLogger()] + [

@@ -175,6 +175,8 @@ class RunContext:
             kwargs["_node_ip_address"] = "127.0.0.1"  # with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (keep_ray_local)
         with stderr_to(self.log_path if self.options.view != "ray" else None):
             ray.init(address=address, **kwargs)
+        if self._log is not None:
+            self._log.reattach()  # ray.init cleared the "ray" logger's handlers
         if address is None:
             self.lock.track_ray_processes()
             self.started_ray = True

@@ -123,21 +123,22 @@ class ConfirmLineage(StageLineage):
 
 
 def confirm_points(plan: StudyPlan, results: StudyResults) -> list[dict[str, Any]]:
-    """The confirmation's runs: the ``top_k`` best finished configurations (groups 1..k, best first) and the
-    official defaults (group 0, unless it is one of the top k), each with ``seeds`` new seeds."""
+    """The confirmation's runs: the ``top_k`` best finished configurations other than the official defaults (groups
+    1..k, best first) and the defaults (group 0), each with ``seeds`` new seeds; so the report always has the best
+    to compare with the defaults and the search's best, whichever wins."""
     spec = plan.study.confirm
     ranked = [t for t in results.ranked(FINISHED) if t.score is not None]
     groups: list[tuple[int, dict[str, Any], bool, str]] = []
     seen: list[dict[str, Any]] = []
     for t in ranked:
-        if t.config in seen:
+        if t.config in seen or (t.baseline and spec.defaults):
             continue
         seen.append(t.config)
         groups.append((len(groups) + 1, t.config, t.baseline, t.trial_id))
         if len(groups) == spec.top_k:
             break
     base = results.baseline()
-    if spec.defaults and base is not None and not any(g[2] for g in groups):
+    if spec.defaults and base is not None:
         groups.insert(0, (0, base.config, True, base.trial_id))
     return [
         {**config, "_group": g, "_seed": spec.seed_base + i, "_baseline": is_base, "_source": source}
