@@ -339,7 +339,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print("running:", " ".join(cmd))
     if args.study:
         from .tune.results.links import study_links
+        from .tune.results.ui import publish_to_store
 
+        # the study's saved views (columns, order, charts) into the store the UI serves; --dry-run writes nothing
+        if not args.dry_run and not publish_to_store(args.tracking_uri, args.study, args.top):
+            print("note: the study's views could not be stored in this tracking store; the links open what it holds")
         for label, url in study_links(args.study, f"http://{args.host}:{args.port}", args.top):
             print(f"{label}: {url}")
     if args.dry_run:
@@ -531,8 +535,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--dry-run", action="store_true", help="print the command only")
-    p.add_argument("--study", default=None, help="also print the links to this study's runs, parent run and top trials")
-    p.add_argument("--top", type=int, default=5, help="trials in the compare link (default 5)")
+    p.add_argument(
+        "--study",
+        default=None,
+        help="store this study's views in the tracking store and print their links (its trials by score, score vs "
+        "the searched values, the top trials, the parent run, the registered model)",
+    )
+    p.add_argument("--top", type=int, default=5, help="best trials in the compare link, with the defaults (default 5)")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("probe", help="linear probe of a model's frozen features on a labeled dataset")

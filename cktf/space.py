@@ -133,5 +133,21 @@ def make_space_fn(space: Mapping[str, ParamSpec]) -> Callable[[Any], None]:
     return functools.partial(define_by_run, specs=tuple(sorted(space.items())))
 
 
+def define_by_run_methods(
+    trial: Any, key: str, methods: tuple[tuple[str, tuple[tuple[str, ParamSpec], ...]], ...]
+) -> None:
+    """A conditional space (a study over methods): the method first (``key``), then its own fields, named
+    ``<method>.<field>`` (two methods' fields of the same name keep their own ranges); bind with
+    :func:`make_methods_space_fn`."""
+    chosen = trial.suggest_categorical(key, [m for m, _ in methods])
+    for name, spec in dict(methods)[chosen]:
+        spec.suggest(trial, f"{chosen}.{name}")
+
+
+def make_methods_space_fn(key: str, spaces: Mapping[str, Mapping[str, ParamSpec]]) -> Callable[[Any], None]:
+    specs = tuple((m, tuple(sorted(space.items()))) for m, space in spaces.items())
+    return functools.partial(define_by_run_methods, key=key, methods=specs)
+
+
 #: the default space of a method that declares none: the learning rate
 LR_SPACE: dict[str, ParamSpec] = {"optim.lr": log_uniform(0.01, 0.1)}

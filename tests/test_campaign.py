@@ -79,12 +79,12 @@ def table1_like(**over) -> dict:
 def test_offline_campaign_expands_to_every_cell_and_seed():
     cfg = load_campaign(OFFLINE)
     plan = expand(cfg)
-    assert plan.num_runs == 2 * 4 * 2 == len({r.key for r in plan.runs})
+    assert plan.num_runs == 2 * 5 * 2 == len({r.key for r in plan.runs})
     cells = {(r.pair, r.label) for r in plan.runs}
-    assert len(cells) == 8
+    assert len(cells) == 10
     for pair, label in cells:
         assert sorted(r.seed for r in plan.runs if (r.pair, r.label) == (pair, label)) == [0, 1]
-    assert [r.seed for r in plan.runs] == [0] * 8 + [1] * 8  # seed-major: a partial table is a fair one
+    assert [r.seed for r in plan.runs] == [0] * 10 + [1] * 10  # seed-major: a partial table is a fair one
     assert set(plan.teachers) == {"resnet14-resnet8", "wrn_16_2-wrn_16_1"}
     ce = cfg.cell("resnet14-resnet8", "CE")
     assert not ce.objective.needs_teacher and ce.teacher.arch is None
@@ -98,7 +98,7 @@ def test_offline_campaign_expands_to_every_cell_and_seed():
     [
         ({"methods.1.distiller": "kdd"}, "methods.1.distiller"),
         ({"methods.2.params": {"nce_kk": 5}}, "methods.2.params.nce_kk"),
-        ({"methods.3.params": {"alpha2": -1.0}}, "methods.3.params.alpha2"),
+        ({"methods.4.params": {"alpha2": -1.0}}, "methods.4.params.alpha2"),
         ({"pairs.0.student": "resnet9000"}, "pairs.0.student"),
         ({"pairs.1.teacher": "nope"}, "pairs.1.teacher"),
         ({"pairs.0.teacher": None}, "pairs.0.teacher"),  # KD needs one
@@ -133,10 +133,10 @@ def test_cli_refuses_a_bad_campaign_before_anything_runs(tmp_path, capsys):
     from cktf.campaign.cli import main
 
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(offline_raw(tmp_path, "/nonexistent", **{"methods.2.params": {"nce_k": -3}})))
+    path.write_text(yaml.safe_dump(offline_raw(tmp_path, "/nonexistent", **{"methods.3.params": {"nce_k": -3}})))
     assert main(["campaign", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("cktf: error: methods.2.params.nce_k"), err
+    assert err.startswith("cktf: error: methods.3.params.nce_k"), err
     assert not (tmp_path / "campaigns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
@@ -357,10 +357,10 @@ def test_dry_run_counts_runs_images_flops_and_gpu_hours(tmp_path, capsys):
     path.write_text(yaml.safe_dump(raw))
     assert main(["campaign", str(path), "--dry-run", "--data-root", str(tmp_path / "no-data")]) == 0
     out = capsys.readouterr().out
-    assert "16 runs (2 pairs x 4 methods x 2 seeds)" in out
+    assert "20 runs (2 pairs x 5 methods x 2 seeds)" in out
     assert "teachers: 2 distinct, 2 to train" in out
     # 3,000 images less the 10% hold-out, at the official size rule (no data here): 2,700 x 4 epochs per run
-    assert "2,700*" in out and "10,800" in out and "172,800 images x epochs" in out
+    assert "2,700*" in out and "10,800" in out and "216,000 images x epochs" in out
     assert "GFLOP" in out and "GPU-hours" in out and "ESTIMATE" in out and "22.8 TFLOP/s" in out
     assert "not read here" in out
     assert not (tmp_path / "campaigns").exists()  # the dry run writes nothing
@@ -446,13 +446,13 @@ def test_a_killed_campaign_resumes_and_redoes_nothing_that_had_finished(killed_a
     assert k.resumed.returncode == 0, k.resumed.stdout[-3000:] + k.resumed.stderr[-3000:]
     assert not alive(k.ray_pids), "the resumed driver must end the Ray processes the killed one left"
     finished = {key: r for key, r in k.before.items() if r["status"] == "finished"}
-    assert finished and len(finished) < 16
+    assert finished and len(finished) < 20
     for key, rec in finished.items():  # what had ended is kept as it was, never run again
         now = k.after[key]
         assert now["status"] == "finished" and now["history"] == rec["history"]
         assert now["trials"] == rec["trials"] and len(now["trials"]) == 1
         assert now["mlflow_run_id"] == rec["mlflow_run_id"] and now["ended"] == rec["ended"]
-    assert len(k.after) == 16 and all(r["status"] == "finished" for r in k.after.values())
+    assert len(k.after) == 20 and all(r["status"] == "finished" for r in k.after.values())
     mid = [key for key, r in k.before.items() if r["status"] == "running" and r.get("checkpoint")]
     assert mid
     for key in mid:  # went on from its last checkpoint, in its own MLflow run
@@ -473,15 +473,15 @@ def test_every_cell_has_n2_and_equals_the_mlflow_metrics(killed_and_resumed):
 
     k = killed_and_resumed
     table = json.loads((k.dir / "table" / "table.json").read_text())
-    assert table["status"] == "complete" and len(table["cells"]) == 8
+    assert table["status"] == "complete" and len(table["cells"]) == 10
     assert {(c["pair"], c["method"]) for c in table["cells"]} == {
-        (p, m) for p in ("resnet14-resnet8", "wrn_16_2-wrn_16_1") for m in ("CE", "KD", "CRD", "CKTF")
+        (p, m) for p in ("resnet14-resnet8", "wrn_16_2-wrn_16_1") for m in ("CE", "KD", "DKD", "CRD", "CKTF")
     }
     assert all(c["n"] == 2 and c["failed"] == 0 and c["missing"] == 0 for c in table["cells"])
     parents, children = study_runs(k.uri, "cktf-campaign-offline")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["cktf.campaign_status"] == "complete"
-    assert len(children) == 16 and {c.data.tags["cktf.run_key"] for c in children} == set(k.after)
+    assert len(children) == 20 and {c.data.tags["cktf.run_key"] for c in children} == set(k.after)
     client = mlflow.MlflowClient(tracking_uri=k.uri)
     by_cell: dict[tuple[str, str], dict[int, float]] = {}
     for c in children:

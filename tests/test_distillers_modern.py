@@ -650,10 +650,11 @@ def test_published_numbers_and_their_sources() -> None:
 def test_a_study_report_names_each_numbers_source(tmp_path) -> None:
     from cktf.tune.results.anchors import anchor_row, anchor_sources
     from cktf.tune.results.html import to_html
-    from cktf.tune.results.report import to_markdown
+    from cktf.tune.results.markdown import to_markdown
 
     summary = {"study": "s", "status": "complete", "counts": {}, "metric": "val_acc", "mode": "max", "best": None}
     summary.update(baseline=None, test_metric="test_acc", gain_over_baseline=None, ablations={}, top=[])
+    summary.update(score={"rule": "val_acc at its best epoch"})
     summary.update(headline="h", anchor=anchor_row("cifar100", "resnet32x4", "resnet8x4"))
     published = [line for line in to_markdown(summary).splitlines() if line.startswith("published")]
     assert published[0].startswith("published (CKTF paper Table 1): teacher_acc 79.42") and "dkd" not in published[0]

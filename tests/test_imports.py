@@ -27,6 +27,19 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> list[str]:
     return [target] + [f"{target}.{alias.name}" for alias in node.names]
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node that can run: an ``if TYPE_CHECKING:`` block holds annotations' names only (never imported)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", None) == "TYPE_CHECKING":
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
 def import_graph() -> dict[str, set[str]]:
     """``module -> the cktf modules it imports`` (anywhere in the file, also inside functions)."""
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
@@ -34,7 +47,7 @@ def import_graph() -> dict[str, set[str]]:
     for module, path in files.items():
         is_package = path.name == "__init__.py"
         found: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 found.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):

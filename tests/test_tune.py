@@ -19,6 +19,7 @@ from cktf.cli import main
 from cktf.errors import ConfigError
 from cktf.space import categorical, make_space_fn, parse_space, uniform
 from cktf.tune.plan import baseline_point, study_from_dict
+from cktf.tune.plan.baseline import baseline_deviations
 from cktf.tune.results.store import StudyStore
 
 # ----------------------------------------------------------------------------- validation (no Ray)
@@ -85,12 +86,14 @@ def test_baseline_is_the_official_defaults_inside_the_space(tmp_path):
         "alpha1": {"type": "uniform", "low": 0.0, "high": 1.0},
         "alpha2": {"type": "uniform", "low": 0.0, "high": 1.0},
         "tau": {"type": "log", "low": 0.03, "high": 0.3},
-        "nce_k": {"type": "categorical", "choices": [64, 128]},  # 16384 is not in the space: left to the sampler
+        "nce_k": {"type": "categorical", "choices": [64, 128]},  # 16384 is not in the space: the nearest, named
         "mapping": {"type": "categorical", "choices": ["first", "last"]},
         "optim.lr": {"type": "log", "low": 0.01, "high": 0.1},
     }
     cfg = study_from_dict(tiny_study(tmp_path, Path("/nonexistent"), search__space=space, optim={"milestones": []}))
-    assert baseline_point(cfg, 32) == {"alpha1": 0.1, "alpha2": 0.8, "tau": 0.1, "mapping": "last", "optim.lr": 0.05}
+    official = {"alpha1": 0.1, "alpha2": 0.8, "tau": 0.1, "mapping": "last", "optim.lr": 0.05}
+    assert baseline_point(cfg, 32) == {**official, "nce_k": 128}
+    assert baseline_deviations(cfg, 32) == {"nce_k": {"official": 16384, "used": 128}}
     assert baseline_point(cfg, 64)["tau"] == 0.07
     paper = study_from_dict(tiny_study(tmp_path, Path("/nonexistent"), distiller="cktf-paper", search__space=space))
     assert baseline_point(paper, 32)["alpha1"] == 0.8
@@ -381,8 +384,9 @@ def test_checkpoint_snapshot_links_replaced_files_and_copies_appended_ones(tmp_p
 
 
 def test_ablation_table_compares_each_choice_over_its_finished_trials():
+    from cktf.tune.results.markdown import to_markdown
     from cktf.tune.results.reader import FINISHED, PRUNED
-    from cktf.tune.results.report import ablation_tables, to_markdown
+    from cktf.tune.results.report import ablation_tables
 
     def row(mapping, seed, status, val, test):
         cfg = {"mapping": mapping, "train.seed": seed}
@@ -404,6 +408,6 @@ def test_ablation_table_compares_each_choice_over_its_finished_trials():
     assert (by["min_cos"]["finished"], by["min_cos"]["best"]) == (1, 71.0)
     assert by["first"]["best"] is None and by["first"]["trials"] == 1
     summary = {"study": "s", "status": "complete", "counts": {}, "metric": "val_acc", "mode": "max", "best": None}
-    summary.update(baseline=None, test_metric="test_acc")
+    summary.update(baseline=None, test_metric="test_acc", headline="h", score={"rule": "val_acc at its best epoch"})
     summary.update(gain_over_baseline=None, anchor=None, ablations=tables, top=[])
     assert "| last | 2 | 2 | 72 | 71 | 71.5 |" in to_markdown(summary)

@@ -97,6 +97,8 @@ class LossTerm(nn.Module):
     search_space: ClassVar[Mapping[str, ParamSpec]] = LR_SPACE
     #: named variants: preset name -> field overrides (``cktf-paper``: the paper text's weights)
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: a preset's own ranges where its values lie outside (or at the edge of) the method's space, by preset name
+    preset_spaces: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: may come first in ``X+Y`` (the contrastive methods: "CKTF + X", "CRD + KD")
     leads_combinations: ClassVar[bool] = False
     #: may be the ``Y`` of ``X+Y`` (not plain CE, not a leading method)

@@ -114,6 +114,7 @@ class Objective:
     def default_space(self) -> dict[str, ParamSpec]:
         """The primary method's own space, plus ``theta`` for a combination (the secondary keeps its defaults)."""
         space = dict(self.primary.search_space)
+        space.update(self.primary.preset_spaces.get(self.name, {}))  # a preset searched around its own values
         if self.secondary is not None:
             space[THETA] = THETA_SPACE
         return space

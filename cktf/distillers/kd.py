@@ -64,6 +64,8 @@ class KD(LossTerm):
     #: ``kd-ls``: KD with logit standardization at the official CIFAR-100 setting (base temperature 2, KD weight 9,
     #: CE weight 1; sunshangquan/logit-standardization-KD ``tools/train.py``, ``mdistiller/engine/cfg.py``)
     presets = {"kd-ls": {"logit_std": True, "temperature": 2.0, "alpha": 9.0, "gamma": 1.0}}
+    #: ``kd-ls`` searches its KD weight around 9 (standardised logits carry less scale than raw ones)
+    preset_spaces = {"kd-ls": {"alpha": log_uniform(1.0, 27.0), "temperature": log_uniform(1.0, 8.0)}}
 
     @classmethod
     def combo_defaults_as_secondary(cls, primary: str) -> dict[str, Any]:

@@ -12,27 +12,46 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ...distillers import SUPERVISED
 from .cost import DataShape, StepSpec, effective_throughput, gpu_hours_text, si, step_flops
 from .validate import StudyPlan
 
 
 def _space_lines(plan: StudyPlan) -> list[str]:
     out = []
+    defaults = {k: v for b in plan.baselines for k, v in b.items() if k != "distiller"}
     for name, spec in sorted(plan.space.items()):
         what = (
             f"{spec.type} {list(spec.choices)}"
             if spec.type == "categorical"
             else f"{spec.type} [{spec.low:g}, {spec.high:g}]"
         )
-        base = plan.baseline.get(name, "(sampled)")
+        base = defaults.get(name, "(each method's)" if name == "distiller" else "(sampled)")
         dev = plan.baseline_deviations.get(name)
         note = f"  (official {dev['official']}: outside the space)" if dev else ""
         out.append(f"    {name:<18} {what:<40} {base}{note}")
     return out
 
 
+def _methods(plan: StudyPlan) -> str:
+    return " | ".join(plan.methods) + " (the method searched too)" if plan.methods else str(plan.study.distiller)
+
+
 def cost(plan: StudyPlan) -> dict[str, Any]:
-    """The study's FLOPs: trials (to their last epoch), teacher (when it trains), confirmation runs."""
+    """The study's FLOPs: trials (to their last epoch), teacher (when it trains), confirmation runs. A study over
+    methods is bounded by its dearest method's trial (the sampler may choose it every time), its confirmation by
+    each method's runs."""
+    if plan.methods:
+        each = [cost(sub) for sub in plan.methods.values()]
+        out = max(each, key=lambda c: c["trial_flops"])
+        runs = sum(c["confirm_runs"] for c in each)
+        return {
+            **out,
+            "search_flops": out["trial_flops"] * plan.num_trials,
+            "confirm_runs": runs,
+            "confirm_flops": sum(c["confirm_flops"] for c in each),
+            "teacher_flops": max(c["teacher_flops"] for c in each),
+        }
     cfg, splits = plan.study, plan.splits
     n_train = len(splits.train)
     evals = (len(splits.val) if splits.val is not None else 0) + (len(splits.test) if cfg.train.eval_test else 0)
@@ -52,7 +71,7 @@ def cost(plan: StudyPlan) -> dict[str, Any]:
     trains_teacher = bool(cfg.teacher.arch) and not (cfg.teacher.weights and not cfg.teacher.finetune)
     if cfg.objective.needs_teacher and trains_teacher:
         t = cfg.teacher.train
-        tt, te, _ = step_flops(StepSpec(cfg.teacher.arch, None, "ce", {}, t.batch_size), data)
+        tt, te, _ = step_flops(StepSpec(cfg.teacher.arch, None, SUPERVISED, {}, t.batch_size), data)
         t_steps = math.ceil(n_train / t.batch_size)
         if t.max_steps_per_epoch:
             t_steps = min(t_steps, t.max_steps_per_epoch)
@@ -77,7 +96,7 @@ def describe(plan: StudyPlan, gpu: str = "a100") -> str:
         f"study {cfg.name}: a dry run (checked against the data; nothing ran, Ray was not started, nothing written)",
         f"  pair: {teacher} -> {cfg.student} on {cfg.data.dataset} "
         f"({len(splits.train):,} train, {val:,} val, {len(splits.test):,} test images, {splits.image_size} px)",
-        f"  search: {plan.num_trials} trials of {cfg.distiller}, {cfg.sampler.name} (seed {cfg.sampler.seed}), ASHA "
+        f"  search: {plan.num_trials} trials of {_methods(plan)}, {cfg.sampler.name} (seed {cfg.sampler.seed}), ASHA "
         f"(grace {cfg.asha.grace_period}, x{cfg.asha.reduction_factor:g}), up to {cfg.max_t} epochs each; "
         f"score = {cfg.search.metric} at its {'last' if plan.selection == 'last_epoch' else 'best'} epoch "
         f"({cfg.search.mode})",
@@ -88,7 +107,8 @@ def describe(plan: StudyPlan, gpu: str = "a100") -> str:
     if cfg.confirm is not None:
         c = cfg.confirm
         lines.append(
-            f"  confirmation: the top {c.top_k}{' + the defaults' if c.defaults else ''} over {c.seeds} new seeds "
+            f"  confirmation: the top {c.top_k}{' + the defaults' if c.defaults else ''}"
+            f"{' of each method' if plan.methods else ''} over {c.seeds} new seeds "
             f"(seeds {c.seed_base}..{c.seed_base + c.seeds - 1})"
         )
     r = cfg.resources

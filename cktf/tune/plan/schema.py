@@ -28,13 +28,19 @@ from ...settings import ResourceSpec, RunSettings
 from ...space import ParamSpec
 from ...train.config import OptimConfig, TrainConfig
 from ...transfer.probe import ProbeConfig
+from ..results.index import METHOD_KEY
+from .baseline import baseline_deviations, baseline_point  # noqa: F401  (read through here too)
+from .checks import (
+    RECIPE_SECTIONS,  # noqa: F401
+    SEARCHABLE_TRAIN,
+    _check_methods,
+    _check_space,
+    _check_teacher,
+    _check_transfer,
+)
 
 #: the most trials a study accepts without ``search.allow_large`` (``--i-mean-it``)
 MAX_TRIALS = 1000
-#: ``train.*`` fields a study may search (``seed``: repeats of an ablation arm)
-SEARCHABLE_TRAIN = ("batch_size", "seed")
-#: sections of the recipe a search-space name may address besides the method's own fields
-RECIPE_SECTIONS = ("optim", "train")
 
 
 class TeacherSpec(Config):
@@ -153,6 +159,23 @@ class SamplerSpec(Config):
     """multivariate TPE"""
 
 
+class MethodEntry(Config):
+    """One method of a study over methods (``methods``): its name, and its own space and fixed fields if it does not
+    take its default space."""
+
+    distiller: str
+    """a method, preset or combination (cktf distillers)"""
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    """its searched fields (empty: the method's own default space)"""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """its fixed fields (not searched)"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"distiller": data} if isinstance(data, str) else data
+
+
 class StudyConfig(RunSettings):
     """One study file. ``workdir/name`` holds the study's own state (teacher, trial index, report);
     ``storage_path`` is Ray's (trial checkpoints): local, a shared mount, ``s3://`` or ``gs://``."""
@@ -164,8 +187,13 @@ class StudyConfig(RunSettings):
     module:pkg.mod:factory; docs/models.md)"""
     student_weights: str | None = None
     """initial weights of the student (a local file or the library's tag, from its cache; docs/models.md)"""
-    distiller: str
-    """a method, preset or combination (cktf distillers)"""
+    distiller: str | None = None
+    """a method, preset or combination (cktf distillers); ``{choice: [kd, dkd, cktf]}`` searches the method too (the
+    same as listing them under methods)"""
+    methods: list[MethodEntry] = Field(default_factory=list)
+    """a study over methods (instead of distiller): the method is searched with its hyper-parameters, each method in
+    its own default space (or the one given here), the official defaults of every method run first and to the end,
+    and the confirmation confirms the best configuration of each method"""
     data: DataConfig = Field(default_factory=DataConfig)
     """the data distilled on (and the val split trials are compared on)"""
     params: dict[str, Any] = Field(default_factory=dict)
@@ -192,11 +220,39 @@ class StudyConfig(RunSettings):
     # ------------------------------------------------------------------ derived
     @property
     def objective(self) -> Objective:
+        if self.methods:
+            raise ConfigError("distiller", "a study over methods has one objective per method", "use study_for(name)")
         return objective(self.distiller)
 
     @property
+    def method_names(self) -> list[str]:
+        """The study's method, or the methods of a study over methods."""
+        return [m.distiller for m in self.methods] if self.methods else [str(self.distiller)]
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(objective(m).needs_teacher for m in self.method_names)
+
+    def study_for(self, method: str) -> StudyConfig:
+        """The single-method study of ``method`` in a study over methods: its distiller, space and fixed fields, the
+        rest the study's (checked as a study of its own)."""
+        entry = next(m for m in self.methods if m.distiller == method)
+        raw = self.to_dict()
+        raw.update(distiller=method, methods=[], params=dict(entry.params))
+        raw["search"] = {**raw["search"], "space": {k: v.to_dict() for k, v in entry.space.items()}}
+        sub = StudyConfig.parse(raw)
+        sub.set_env_sources(self._env_sources)
+        return sub
+
+    @property
     def space(self) -> dict[str, ParamSpec]:
-        """The searched space: the file's, or the method's own default when the file names none."""
+        """The searched space: the file's, or the method's own default when the file names none; in a study over
+        methods, the method itself (``distiller``) and each method's fields as ``<method>.<field>``."""
+        if self.methods:
+            out: dict[str, ParamSpec] = {METHOD_KEY: ParamSpec(type="categorical", choices=tuple(self.method_names))}
+            for m in self.method_names:
+                out.update({f"{m}.{k}": v for k, v in self.study_for(m).space.items()})
+            return out
         return dict(self.search.space) if self.search.space else self.objective.default_space()
 
     @property
@@ -239,6 +295,11 @@ class StudyConfig(RunSettings):
         """Every searched name is a field of the method (``tau``), of the optimiser (``optim.lr``) or a searchable
         ``train`` field, checked before the space's entries are parsed: a misspelt ``search.space.tua.low`` is named
         as the field it is not (and the one it probably is), not as a parameter with no ``type``."""
+        if isinstance(data, dict) and isinstance(data.get("distiller"), dict):  # distiller: {choice: [kd, dkd]}
+            choice = data["distiller"].get("choice")
+            if not isinstance(choice, list) or set(data["distiller"]) != {"choice"}:
+                raise ConfigError("distiller", "a study over methods names them as {choice: [kd, dkd, ...]}")
+            data = {**data, "distiller": None, "methods": choice}
         if not isinstance(data, dict) or not isinstance(data.get("search"), dict):
             return data
         space = data["search"].get("space")
@@ -265,6 +326,8 @@ class StudyConfig(RunSettings):
     @model_validator(mode="after")
     def _check_study(self) -> StudyConfig:
         lookup("student", MODELS.get, self.student)
+        if self.methods or self.distiller is None:
+            return _check_methods(self)
         method = self.objective
         size = self.image_size or 32
         _check_teacher(self, method)
@@ -292,107 +355,6 @@ class StudyConfig(RunSettings):
             if self.search.num_samples != size:
                 raise ConfigError("search.num_samples", f"the grid has {size} points", f"set num_samples: {size}")
         return self
-
-
-def _check_teacher(cfg: StudyConfig, method: Objective) -> None:
-    t = cfg.teacher
-    if not method.needs_teacher:
-        if t.checkpoint or t.arch:
-            raise ConfigError("teacher", f"distiller {cfg.distiller!r} trains without a teacher", "drop the teacher")
-        return
-    if bool(t.checkpoint) == bool(t.arch):
-        raise ConfigError(
-            "teacher",
-            "give exactly one of teacher.checkpoint (a cktf .safetensors) or teacher.arch (trained once per study)",
-            "e.g. teacher: {arch: resnet32x4, train: {epochs: 240}}",
-        )
-    if t.arch:
-        lookup("teacher.arch", MODELS.get, t.arch)
-
-
-def _check_space(cfg: StudyConfig, method: Objective, size: int) -> None:
-    """Every searched name exists, and every extreme value of the space gives a valid config."""
-    space = cfg.space
-    for name, spec in space.items():
-        section, _, sub = name.partition(".")
-        if section == "optim":
-            if sub not in OptimConfig.model_fields:
-                raise ConfigError(
-                    f"search.space.{name}", "unknown optimiser field", f"known: {', '.join(OptimConfig.model_fields)}"
-                )
-            for v in spec.probe_values():
-                try:
-                    cfg.optim.replace(**{sub: v})
-                except ConfigError as exc:
-                    raise ConfigError(f"search.space.{name}{exc.field[len(sub) :]}", exc.problem, exc.fix) from None
-        elif section == "train":
-            if sub not in SEARCHABLE_TRAIN:
-                raise ConfigError(f"search.space.{name}", "not searchable", f"train fields: {list(SEARCHABLE_TRAIN)}")
-        if name in cfg.params:
-            raise ConfigError(f"search.space.{name}", "is also fixed in params", "keep it in one of the two")
-    base = baseline_point(cfg, size)
-    distill_space = {k: v for k, v in space.items() if k.partition(".")[0] not in RECIPE_SECTIONS}
-    for name, spec in distill_space.items():
-        for v in spec.probe_values():
-            point = {**cfg.params, **{k: x for k, x in base.items() if k in distill_space}, name: v}
-            try:
-                method.parse(point, size)
-            except ConfigError as exc:
-                raise ConfigError(f"search.space.{name}", f"value {v!r}: {exc.problem}", exc.fix) from None
-
-
-def _check_transfer(cfg: StudyConfig) -> None:
-    metric = cfg.search.metric
-    if cfg.probe is None:
-        if cfg.unlabeled:
-            raise ConfigError(
-                "probe", "the distillation data has no labels, so trials need a probe to be compared", "add probe:"
-            )
-        return
-    p = cfg.probe
-    if p.data.drop_labels or DATASETS.get(p.data.dataset).train_split == "unlabeled":
-        raise ConfigError("probe.data", "the probe trains on labels", "point it at the target's labeled split")
-    if not metric.startswith("probe_"):
-        raise ConfigError("search.metric", f"{metric!r} is not measured in a transfer study", "use probe_val_acc")
-    trained = cfg.teacher.arch and not (cfg.teacher.weights and not cfg.teacher.finetune)  # else used as it is
-    if trained and cfg.teacher.data is None and cfg.unlabeled:
-        raise ConfigError("teacher.data", "a teacher cannot be trained on unlabeled images", "give the source data")
-
-
-def baseline_point(cfg: StudyConfig, image_size: int) -> dict[str, Any]:
-    """The trial enqueued first: each searched field at the method's default (the official code's value), unless
-    ``search.baseline`` sets it; the study's fixed recipe wins over the paper's. A default that lies outside the
-    space takes the space's nearest value, and :func:`baseline_deviations` names it (every output that calls this
-    trial "the official defaults" says so)."""
-    return {name: v["used"] for name, v in _baseline(cfg, image_size).items()}
-
-
-def baseline_deviations(cfg: StudyConfig, image_size: int) -> dict[str, dict[str, Any]]:
-    """The baseline's fields that could not take their official value: ``{field: {"official": x, "used": y}}``."""
-    found = _baseline(cfg, image_size)
-    return {k: {"official": v["official"], "used": v["used"]} for k, v in found.items() if v["off"]}
-
-
-def _baseline(cfg: StudyConfig, image_size: int) -> dict[str, dict[str, Any]]:
-    import math
-
-    space, overrides = cfg.space, cfg.search.baseline
-    defaults = cfg.objective.defaults(cfg.params, image_size)
-    defaults.update(cfg.recipe())
-    for name, value in overrides.items():
-        if name not in space:
-            hint = did_you_mean(name, space)
-            raise ConfigError(f"search.baseline.{name}", f"not a searched parameter{hint}", "list it in search.space")
-        if not space[name].contains(value):
-            raise ConfigError(f"search.baseline.{name}", f"{value!r} lies outside the searched range", "fix either")
-    out: dict[str, dict[str, Any]] = {}
-    for name, spec in space.items():
-        value = overrides[name] if name in overrides else defaults.get(name)
-        if value is None or isinstance(value, float) and math.isnan(value):
-            continue
-        used = spec.nearest(value)
-        out[name] = {"official": value, "used": used, "off": used != value}
-    return out
 
 
 def study_json_schema() -> dict[str, Any]:

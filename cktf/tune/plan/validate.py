@@ -28,7 +28,9 @@ from ...train.checkpoint import read_weights_meta
 from ...train.engine import epoch_metric_names
 from ...transfer.probe import QUICK_PROBE_METRICS
 from ..results.reader import BEST_EPOCH, LAST_EPOCH
-from .schema import RECIPE_SECTIONS, StudyConfig, baseline_deviations, baseline_point
+from .baseline import baseline_deviations, baseline_point
+from .checks import RECIPE_SECTIONS, under_method
+from .schema import METHOD_KEY, StudyConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +55,56 @@ class StudyPlan:
     #: the baseline's fields that could not take their official value (outside the space): field -> official, used
     baseline_deviations: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
+    #: a study over methods: each method's own plan (its space, baseline, run params), by method
+    methods: Mapping[str, StudyPlan] = dataclasses.field(default_factory=dict)
+
     @property
     def num_trials(self) -> int:
         return self.study.search.num_samples
 
+    @property
+    def baselines(self) -> list[dict[str, Any]]:
+        """The trials run first: the official defaults (of every method, in a study over methods: ``distiller``
+        and its fields as ``<method>.<field>``)."""
+        if not self.methods:
+            return [dict(self.baseline)] if self.baseline else []
+        return [{METHOD_KEY: m, **{f"{m}.{k}": v for k, v in sub.baseline.items()}} for m, sub in self.methods.items()]
+
 
 def plan_study(cfg: StudyConfig, progress: bool = True) -> StudyPlan:
-    """Decode the data, check the study against it and the models, and resolve the plan (see the module doc)."""
+    """Decode the data, check the study against it and the models, and resolve the plan (see the module doc); a
+    study over methods is each method's plan (on the data decoded once) under one."""
+    splits = load_splits(cfg.data, progress=progress)
+    probe_splits = None
+    if cfg.probe is not None:  # the target's labeled splits for the linear probe (transfer studies)
+        probe_splits = load_splits(cfg.probe.data, progress=progress)
+        if not probe_splits.train.labeled:
+            raise ConfigError("probe.data", "its train split has no labels", "point it at the labeled target split")
+    if not cfg.methods:
+        return _plan_one(cfg, splits, probe_splits)
+    subs = {}
+    for i, m in enumerate(cfg.method_names):
+        try:
+            subs[m] = _plan_one(cfg.study_for(m), splits, probe_splits)
+        except ConfigError as exc:  # named where the file sets it: methods.<i>
+            raise under_method(exc, i, m) from None
+    first = next(iter(subs.values()))
+    shared = set.intersection(*(set(p.metrics) for p in subs.values()))
+    return dataclasses.replace(
+        first,
+        study=cfg,
+        space=cfg.space,
+        baseline={},
+        metrics=tuple(x for x in first.metrics if x in shared),
+        run_params={},
+        baseline_deviations={f"{m}.{k}": v for m, p in subs.items() for k, v in p.baseline_deviations.items()},
+        methods=subs,
+    )
+
+
+def _plan_one(cfg: StudyConfig, splits: Splits, probe_splits: Splits | None) -> StudyPlan:
     from ...train.runner import check_arch
 
-    splits = load_splits(cfg.data, progress=progress)
     teacher_arch = cfg.teacher.arch
     if cfg.teacher.checkpoint:
         teacher_arch = read_weights_meta(cfg.teacher.checkpoint, "teacher.checkpoint")["arch"]
@@ -70,11 +112,6 @@ def plan_study(cfg: StudyConfig, progress: bool = True) -> StudyPlan:
     check_arch(cfg.student, size, "student")
     if teacher_arch:
         check_arch(teacher_arch, size, "teacher")
-    probe_splits = None
-    if cfg.probe is not None:  # the target's labeled splits for the linear probe (transfer studies)
-        probe_splits = load_splits(cfg.probe.data, progress=progress)
-        if not probe_splits.train.labeled:
-            raise ConfigError("probe.data", "its train split has no labels", "point it at the labeled target split")
     check_weights(cfg, splits)
     space = cfg.space
     baseline = baseline_point(cfg, size)
@@ -130,7 +167,7 @@ def check_weights(cfg: StudyConfig, splits: Splits) -> None:
     from ...models.sources import load_weights, pretrained_model
 
     t = cfg.teacher
-    if t.arch and t.weights and cfg.objective.needs_teacher:
+    if t.arch and t.weights and cfg.needs_teacher:
         if t.finetune:
             load_weights(
                 create_model(t.arch, num_classes=splits.num_classes or 1),

@@ -43,6 +43,9 @@ STATE_FILE = "state.json"
 #: how a trial's history is judged: its best epoch by the metric, or (transfer studies) its last epoch
 BEST_EPOCH, LAST_EPOCH = "best_epoch", "last_epoch"
 
+#: the key of a study over methods' sampled configs that names the trial's method (its fields: ``<method>.<field>``)
+METHOD_KEY = "distiller"
+
 #: the stage of a record: the search (Optuna + ASHA) or the confirmation over new seeds
 SEARCH, CONFIRM = "search", "confirm"
 

@@ -50,6 +50,8 @@ def to_markdown(s: dict[str, Any]) -> str:
         )
     if s["gain_over_baseline"] is not None and not s.get("confirmation"):
         lines.append(f"\nsearch's best vs baseline ({SCORE}, one seed each): {s['gain_over_baseline']:+.2f}")
+    if s.get("methods"):
+        lines += methods_markdown(s)
     if s.get("confirmation"):
         lines += confirmation_markdown(s)
     if s["anchor"]:
@@ -79,6 +81,32 @@ def to_markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def methods_markdown(s: dict[str, Any]) -> list[str]:
+    """A study over methods: the methods ranked by their best confirmed configuration's mean over the seeds, each
+    with the best method's paired difference against it."""
+    lines = ["", f"**methods** (ranked by their best confirmed configuration; {SCORE} mean over the seeds)", ""]
+    lines += [
+        f"| rank | method | trials (finished) | search best | confirmed {SCORE} | defaults | best - it, 95% CI | "
+        "configuration |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, m in enumerate(s["methods"]):
+        ms = f"{m['mean']:.2f} ± {m['std']:.2f} (n={m['n']})" if m["mean"] is not None else "-"
+        d = m["vs_best"]
+        if i == 0:
+            diff = "(best)"
+        elif d is None:
+            diff = "-"
+        else:
+            diff = f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+            diff += " within noise" if d["within_noise"] else ""
+        conf = "defaults" if m["defaults"] else ", ".join(f"{k}={fmt(v)}" for k, v in sorted(m["config"].items()))
+        cells = [i + 1, m["method"], f"{m['trials']} ({m['finished']})", fmt(m["search_best"]), ms]
+        cells += [fmt(m["defaults_mean"]), diff, f"c{m['group']} {conf}" if m["group"] is not None else "-"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
 def confirmation_markdown(s: dict[str, Any]) -> list[str]:
     lines = ["", f"**confirmation** (trained again from scratch over new seeds; {SCORE} = {s['score']['rule']})"]
     lines += ["", f"| config | source | {SCORE} mean ± std | n | per seed | values |", "|---|---|---|---|---|---|"]
@@ -99,4 +127,4 @@ def confirmation_markdown(s: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["best_line", "confirmation_markdown", "fmt", "to_markdown"]
+__all__ = ["best_line", "confirmation_markdown", "fmt", "methods_markdown", "to_markdown"]

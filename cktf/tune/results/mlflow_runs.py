@@ -56,7 +56,14 @@ def short_value(v: Any) -> str:
 
 def short_params(config: dict[str, Any], keys: list[str] | None = None, width: int = 70) -> str:
     """``tau=0.07 d=128 ...``: the searched values, short, at most ``width`` characters."""
-    parts = [f"{SHORT.get(k, k.rsplit('.', 1)[-1])}={short_value(config[k])}" for k in keys or sorted(config)]
+    keys = [k for k in keys or sorted(config) if k in config]  # a study over methods: the trial's method's fields
+    if "distiller" in keys:  # the method first, as its name alone (``dkd beta=8``)
+        keys.remove("distiller")
+        keys.insert(0, "distiller")
+    parts = [
+        str(config[k]) if k == "distiller" else f"{SHORT.get(k, k.rsplit('.', 1)[-1])}={short_value(config[k])}"
+        for k in keys
+    ]
     out = ""
     for p in parts:
         if len(out) + len(p) + 1 > width:
@@ -71,7 +78,9 @@ def run_name(record: dict[str, Any], keys: list[str] | None = None) -> str:
         head = f"c{int(record.get('group', 0))} s{int(record.get('seed', 0))}"
     else:
         head = f"t{int(record.get('number', 0)):02d}"
-    body = "defaults" if record.get("baseline") else short_params(record.get("config", {}), keys, 60)
+    config = record.get("config", {})
+    method = f"{config['distiller']} " if "distiller" in config else ""  # a study over methods: ``t01 dkd defaults``
+    body = f"{method}defaults" if record.get("baseline") else short_params(config, keys, 60)
     return f"{head} {body}".strip()
 
 

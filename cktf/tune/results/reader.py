@@ -23,6 +23,7 @@ from .index import (  # noqa: F401  (the vocabulary, read through this module to
     FAILURE_KEY,
     FINISHED,
     LAST_EPOCH,
+    METHOD_KEY,
     MLFLOW_STATUS,
     PRUNED,
     RUNNING,
@@ -99,12 +100,14 @@ class Pick:
         return {k: v for k, v in self.trial.config.items() if k != "train.seed"}
 
     def describe(self) -> str:
-        """``c1`` / ``the official defaults`` / ``trial t03``: how the outputs name it."""
+        """``c1`` / ``the official defaults`` / ``trial t03`` (``dkd configuration c3`` in a study over methods): how
+        the outputs name it."""
+        method = self.trial.config.get(METHOD_KEY)
         if self.baseline:
-            return "the official defaults"
-        if self.confirmed:
-            return f"configuration c{self.group}"
-        return f"trial {self.trial.record.get('head') or self.trial.trial_id}"
+            return "the official defaults" + (f" of {method}" if method else "")
+        head = self.trial.record.get("head") or self.trial.trial_id
+        what = f"configuration c{self.group}" if self.confirmed else f"trial {head}"
+        return f"{method} {what}" if method else what
 
 
 @dataclass(frozen=True)
@@ -332,22 +335,86 @@ class StudyResults:
             return None
         return self.paired(confs[0], base, level)
 
+    def method_ranking(self, level: float = 0.95) -> list[dict[str, Any]]:
+        """A study over methods: one row per method, best first by the mean of its best confirmed configuration
+        over the confirmation's seeds; each with its search trials, its best single trial, its defaults' mean and
+        the paired difference of the best method's configuration against its own (positive: the best is better;
+        ``within_noise`` when the interval holds 0). Empty for a study of one method."""
+        trials = self.trials()
+        methods = list(dict.fromkeys(str(t.config[METHOD_KEY]) for t in trials if METHOD_KEY in t.config))
+        if not methods:
+            return []
+        confs = [c for c in self.confirmation() if c.spread is not None]
+        best: dict[str, ConfirmedConfig] = {}
+        for c in confs:  # best mean first: each method's first is its best
+            best.setdefault(str(c.config.get(METHOD_KEY)), c)
+        order = sorted(methods, key=lambda m: (m not in best, confs.index(best[m]) if m in best else 0))
+        if not best:  # no confirmation yet: by the best single trial
+            order = list(dict.fromkeys(str(t.config[METHOD_KEY]) for t in self.ranked(FINISHED) if t.score is not None))
+            order += [m for m in methods if m not in order]
+        top = best.get(order[0])
+        rows = []
+        for m in order:
+            mine = [t for t in trials if t.config.get(METHOD_KEY) == m]
+            finished = [t for t in mine if t.status == FINISHED and t.score is not None]
+            c = best.get(m)
+            defaults = next((d for d in confs if d.baseline and d.config.get(METHOD_KEY) == m), None)
+            rows.append(
+                {
+                    "method": m,
+                    "trials": len(mine),
+                    "finished": len(finished),
+                    "search_best": max((t.score for t in finished), default=None)
+                    if self.mode == "max"
+                    else min((t.score for t in finished), default=None),
+                    "group": c.group if c else None,
+                    "defaults": c.baseline if c else None,
+                    "mean": c.spread.mean if c else None,
+                    "std": c.spread.std if c else None,
+                    "n": c.spread.n if c else 0,
+                    "defaults_mean": defaults.spread.mean if defaults else None,
+                    "config": {k.split(".", 1)[1]: v for k, v in (c.config if c else {}).items() if k != METHOD_KEY},
+                    "vs_best": self.paired(top, c, level) if c is not None and top not in (None, c) else None,
+                }
+            )
+        return rows
+
     def comparisons(self, level: float = 0.95) -> list[dict[str, Any]]:
         """The confirmed winner against the official defaults and against the search's best single trial (its
         configuration), whichever of them it is not: when the defaults win, they are compared with the search's
-        best. Each: the other's name, the paired difference (winner - other, positive = the winner is better)."""
+        best. In a study over methods: against its own method's defaults and the best of every other method. Each:
+        the other's name, the paired difference (winner - other, positive = the winner is better)."""
         confs = [c for c in self.confirmation() if c.spread is not None]
         if len(confs) < 2:
             return []
         win, out = confs[0], []
-        base = next((c for c in confs if c.baseline), None)
-        search = next((c for c in confs if not c.baseline and c.group == 1), None)  # the search's best trial
-        for other, label in ((base, "the official defaults"), (search, "the search's best trial (c1)")):
+        others = self._method_rivals(confs) if METHOD_KEY in win.config else self._rivals(confs)
+        for other, label in others:
             if other is None or other is win:
                 continue
             diff = self.paired(win, other, level)
             if diff is not None:
                 out.append({"against": label, "group": other.group, "diff": diff})
+        return out
+
+    @staticmethod
+    def _rivals(confs: list[ConfirmedConfig]) -> list[tuple[ConfirmedConfig | None, str]]:
+        base = next((c for c in confs if c.baseline), None)
+        search = next((c for c in confs if not c.baseline and c.group == 1), None)  # the search's best trial
+        return [(base, "the official defaults"), (search, "the search's best trial (c1)")]
+
+    @staticmethod
+    def _method_rivals(confs: list[ConfirmedConfig]) -> list[tuple[ConfirmedConfig | None, str]]:
+        """The winner's own method's defaults, then the best configuration of every other method."""
+        method = confs[0].config.get(METHOD_KEY)
+        base = next((c for c in confs if c.baseline and c.config.get(METHOD_KEY) == method), None)
+        out: list[tuple[ConfirmedConfig | None, str]] = [(base, f"the official defaults of {method}")]
+        seen = {method}
+        for c in confs:
+            m = c.config.get(METHOD_KEY)
+            if m not in seen:
+                seen.add(m)
+                out.append((c, f"the best of {m} (c{c.group})"))
         return out
 
 

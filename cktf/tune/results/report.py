@@ -21,6 +21,7 @@ from .anchors import anchor_row
 from .mlflow_runs import run_name
 from .reader import (
     FINISHED,
+    METHOD_KEY,
     RUNNING,
     SCORE,
     Pick,
@@ -93,6 +94,9 @@ def summarize(study: Any, top_k: int = 10) -> dict[str, Any]:
     meta = _study_meta(results)
     rows = [row(t) for t in results.ranked()]
     pick, baseline = results.pick(), results.baseline()
+    methods = results.method_ranking()
+    if methods:  # one baseline per method: the methods table shows each
+        baseline = None
     teacher = (meta.get("teacher") or {}).get("arch")
     num_val = results.state.get("num_val")
     se = binomial_se(pick.score, int(num_val)) if pick and num_val else None
@@ -122,7 +126,7 @@ def summarize(study: Any, top_k: int = 10) -> dict[str, Any]:
         "best": pick_row(results, pick) if pick else None,
         "baseline": row(baseline) if baseline else None,
         "baseline_deviations": results.state.get("baseline_deviations") or {},
-        "gain_over_baseline": results.gain_over_baseline(),
+        "gain_over_baseline": None if methods else results.gain_over_baseline(),
         "top": rows[:top_k],
         "anchor": anchor_row((meta.get("data") or {}).get("dataset", ""), teacher, meta.get("student", "")),
         "teacher": results.state.get("teacher"),
@@ -132,6 +136,7 @@ def summarize(study: Any, top_k: int = 10) -> dict[str, Any]:
         "confirmation": confirmation,
         "confirmed_gain": _diff(gain) if gain else None,
         "comparisons": [{**c, "diff": _diff(c["diff"])} for c in results.comparisons()],
+        "methods": [{**m, "vs_best": _diff(m["vs_best"]) if m["vs_best"] else None} for m in methods],
         "final_test": results.state.get("final_test"),
         "finished_trials": finished,
         "caution": (
@@ -148,12 +153,16 @@ def summarize(study: Any, top_k: int = 10) -> dict[str, Any]:
     return out
 
 
-def defaults_text(deviations: dict[str, Any]) -> str:
-    """``the official defaults`` and, where a field could not take its official value, the value it took."""
+def defaults_text(deviations: dict[str, Any], method: str | None = None) -> str:
+    """``the official defaults`` (``of dkd``, in a study over methods: then only that method's fields count) and,
+    where a field could not take its official value, the value it took."""
+    who = "the official defaults" + (f" of {method}" if method else "")
+    if method:
+        deviations = {k.split(".", 1)[1]: v for k, v in deviations.items() if k.startswith(f"{method}.")}
     if not deviations:
-        return "the official defaults"
+        return who
     parts = ", ".join(f"{k}={v['used']} (official {v['official']})" for k, v in sorted(deviations.items()))
-    return f"the official defaults except {parts}"
+    return f"{who} except {parts}"
 
 
 def headline(s: dict[str, Any]) -> str:
@@ -167,10 +176,12 @@ def headline(s: dict[str, Any]) -> str:
     test = best.get("test")
     test_txt = f"; {s['test_metric']} {test:.2f}" if test is not None else ""
     if best.get("confirmed"):
-        who = defaults_text(s.get("baseline_deviations") or {}) if best["baseline"] else best["describe"]
+        deviations = s.get("baseline_deviations") or {}
+        who = defaults_text(deviations, best["config"].get(METHOD_KEY)) if best["baseline"] else best["describe"]
         text = f"best: {who}, {SCORE} {best['score']:.2f} ± {best['std']:.2f} over {best['seeds']} seeds{test_txt}"
         if best["baseline"]:
-            text += "; no searched configuration beat the defaults on average"
+            text += "; no searched configuration" + (" of any method" if s.get("methods") else "")
+            text += " beat them on average"
         for c in s.get("comparisons") or []:
             g = c["diff"]
             verdict = "within noise" if g["within_noise"] else "the interval excludes 0"

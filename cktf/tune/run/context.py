@@ -301,7 +301,9 @@ class RunContext:
         if parts.password or parts.username:
             uri = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
         if raw.startswith(("http://", "https://")):
-            return f"{uri.rstrip('/')}/#/experiments/{self.parent.experiment_id}/runs/{self.parent.parent_run_id}"
+            from ..results.ui import run_url
+
+            return run_url(uri, self.parent.experiment_id, self.parent.parent_run_id)
         s = self.settings
         return f"{uri} (experiment {s.experiment}; open it with: cktf ui --tracking-uri {uri} --study {s.name})"
 

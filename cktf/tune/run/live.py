@@ -148,12 +148,12 @@ def header(plan: Any, store_uri: str, log_path: str, mlflow_line: str) -> str:
     pair = f"{teacher} -> {cfg.student}" if teacher else cfg.student
     res = cfg.resources
     at_once = f"{cfg.max_concurrent} at once" if cfg.max_concurrent else "as many at once as fit"
-    confirm = ""
+    confirm, methods = "", " | ".join(cfg.method_names)
     if cfg.confirm is not None:
         confirm = f"; then the top {cfg.confirm.top_k} + defaults over {cfg.confirm.seeds} new seeds"
     return "\n".join(
         [
-            f"cktf study {cfg.name}: {plan.num_trials} trials of {cfg.distiller} ({pair}, {cfg.data.dataset}), "
+            f"cktf study {cfg.name}: {plan.num_trials} trials of {methods} ({pair}, {cfg.data.dataset}), "
             f"ASHA + {cfg.sampler.name} on {cfg.search.metric} ({cfg.search.mode}){confirm}",
             f"  per trial {res.cpu:g} CPU, {res.gpu:g} GPU, {at_once} · up to {cfg.train.epochs} epochs"
             f" · {SCORE} = {score_rule(cfg.search.metric, plan.selection)}",

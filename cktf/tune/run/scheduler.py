@@ -14,6 +14,8 @@ already records it as pruned or finished).
 
 from __future__ import annotations
 
+from typing import Any
+
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ..results.reader import FAILURE_KEY
@@ -24,9 +26,10 @@ STATE_NAME = "asha_state.json"
 
 
 class PersistentASHA(ASHAScheduler):
-    def __init__(self, *args, store: StudyStore, state_name: str = STATE_NAME, protect: dict | None = None, **kwargs):
+    def __init__(self, *args, store: StudyStore, state_name: str = STATE_NAME, protect: Any = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.protect = dict(protect or {})  # a config (the baseline) that always trains to max_t
+        # configs (the baselines: one per method in a study over methods) that always train to max_t
+        self.protect = [dict(p) for p in (protect if isinstance(protect, list) else [protect] if protect else [])]
         self.store, self.state_name = store, state_name
         self._loaded = False
         self._stopped: set[str] = set()  # trials ASHA stopped early (a lagging Ray snapshot may restart them)
@@ -83,7 +86,7 @@ class PersistentASHA(ASHAScheduler):
 
     def _protected(self, trial) -> bool:
         config = getattr(trial, "config", None) or {}
-        return bool(self.protect) and all(config.get(k) == v for k, v in self.protect.items())
+        return any(all(config.get(k) == v for k, v in p.items()) for p in self.protect if p)
 
     def rungs(self) -> list[tuple[float, dict[str, float]]]:
         """``[(milestone, {trial_id: metric})]`` of the first bracket (reports and tests)."""

@@ -23,10 +23,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..plan.schema import METHOD_KEY
 from ..plan.validate import StudyPlan
 from ..results.lineage import ParentRun, StageLineage, TrialLabels
 from ..results.mlflow_runs import dataset_inputs, flat_config, run_name, trial_tags
 from ..results.reader import CONFIRM, FINISHED, SEARCH, Pick, StudyResults, TrialIndex
+from ..results.ui import publish_study_views
 from .context import TIME_ATTR, RunContext, RunOptions
 from .stages import GridStage, SearchStage
 
@@ -63,7 +65,7 @@ def _number(index: TrialIndex, stage: str) -> int:
 class SearchLineage(StageLineage):
     """The search's trials: keyed by Ray's trial id, numbered ``t01``.., the official defaults flagged."""
 
-    baseline: dict[str, Any] = field(default_factory=dict)
+    baselines: tuple[dict[str, Any], ...] = ()  # the official defaults (of each method in a study over methods)
     searched: tuple[str, ...] = ()
     deviations: dict[str, Any] = field(default_factory=dict)  # the defaults' fields outside the space
 
@@ -72,10 +74,13 @@ class SearchLineage(StageLineage):
 
     def describe(self, key: str, trial: Any, index: TrialIndex, parent: ParentRun) -> TrialLabels:
         config = self.config_of(trial)
-        is_baseline = bool(self.baseline) and all(config.get(k) == v for k, v in self.baseline.items())
+        is_baseline = any(b and all(config.get(k) == v for k, v in b.items()) for b in self.baselines)
         number = _number(index, SEARCH)
         record = {"stage": SEARCH, "number": number, "baseline": is_baseline, "head": f"t{number:02d}"}
         tags = {**trial_tags(parent.parent_run_id, key, parent.name, is_baseline), "cktf.stage": SEARCH}
+        if METHOD_KEY in config:  # a study over methods: each trial's method, as a tag the UI can group by
+            tags["cktf.method"] = str(config[METHOD_KEY])
+            record["method"] = config[METHOD_KEY]
         name = run_name({**record, "config": config}, list(self.searched) or None)
         if is_baseline:
             name, record = _mark_deviations(name, record, tags, self.deviations)
@@ -116,6 +121,9 @@ class ConfirmLineage(StageLineage):
             "cktf.confirm_group": str(group),
             "cktf.seed": str(seed),
         }
+        if METHOD_KEY in config:
+            tags["cktf.method"] = str(config[METHOD_KEY])
+            record["method"] = config[METHOD_KEY]
         name = run_name({**record, "config": config}, list(self.searched) or None)
         if is_baseline:
             name, record = _mark_deviations(name, record, tags, self.deviations)
@@ -123,26 +131,35 @@ class ConfirmLineage(StageLineage):
 
 
 def confirm_points(plan: StudyPlan, results: StudyResults) -> list[dict[str, Any]]:
-    """The confirmation's runs: the ``top_k`` best finished configurations other than the official defaults (groups
-    1..k, best first) and the defaults (group 0), each with ``seeds`` new seeds; so the report always has the best
-    to compare with the defaults and the search's best, whichever wins."""
+    """The confirmation's runs: the official defaults (group 0) and the ``top_k`` best finished configurations other
+    than them (groups 1..k, best first), each with ``seeds`` new seeds; so the report always has the best to compare
+    with the defaults and the search's best, whichever wins. In a study over methods, that for each method (its
+    defaults, then its best; groups numbered 1, 2, ... across the methods)."""
     spec = plan.study.confirm
     ranked = [t for t in results.ranked(FINISHED) if t.score is not None]
-    groups: list[tuple[int, dict[str, Any], bool, str]] = []
-    seen: list[dict[str, Any]] = []
-    for t in ranked:
-        if t.config in seen or (t.baseline and spec.defaults):
-            continue
-        seen.append(t.config)
-        groups.append((len(groups) + 1, t.config, t.baseline, t.trial_id))
-        if len(groups) == spec.top_k:
-            break
-    base = results.baseline()
-    if spec.defaults and base is not None:
-        groups.insert(0, (0, base.config, True, base.trial_id))
+    groups: list[tuple[dict[str, Any], bool, str]] = []
+    for method in list(plan.methods) or [None]:
+
+        def mine(t: Any, method: Any = method) -> bool:
+            return method is None or t.config.get(METHOD_KEY) == method
+
+        if spec.defaults:
+            base = next((t for t in results.trials() if t.baseline and mine(t)), None)
+            if base is not None:
+                groups.append((base.config, True, base.trial_id))
+        taken = 0
+        for t in ranked:
+            if not mine(t) or (spec.defaults and t.baseline) or any(t.config == g[0] for g in groups):
+                continue
+            groups.append((t.config, t.baseline, t.trial_id))
+            taken += 1
+            if taken == spec.top_k:
+                break
+    first = 0 if spec.defaults and not plan.methods else 1  # one method: the defaults are c0, its best c1..ck
+    numbered = [(first + i, *g) for i, g in enumerate(groups)]
     return [
         {**config, "_group": g, "_seed": spec.seed_base + i, "_baseline": is_base, "_source": source}
-        for g, config, is_base, source in groups
+        for g, config, is_base, source in numbered
         for i in range(spec.seeds)
     ]
 
@@ -151,10 +168,10 @@ def searcher(plan: StudyPlan) -> Any:
     """Optuna's sampler (TPE, random, or a grid for ablations) behind Ray's searcher, the baseline enqueued first."""
     import optuna
 
-    from ...space import make_space_fn
+    from ...space import make_methods_space_fn, make_space_fn
     from .searcher import PrunedAwareOptunaSearch
 
-    cfg, baseline = plan.study, dict(plan.baseline)
+    cfg, baselines = plan.study, plan.baselines
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if cfg.sampler.name == "random":
@@ -162,14 +179,17 @@ def searcher(plan: StudyPlan) -> Any:
     elif cfg.sampler.name == "grid":  # ablations: every combination once (the baseline is one of them)
         grid = {k: list(v.choices) for k, v in plan.space.items()}
         sampler = optuna.samplers.GridSampler(grid, seed=cfg.sampler.seed)
-        baseline = {}
+        baselines = []
     else:
         sampler = optuna.samplers.TPESampler(
             seed=cfg.sampler.seed, n_startup_trials=cfg.sampler.n_startup_trials, multivariate=cfg.sampler.multivariate
         )
-    points = [baseline] if cfg.search.enqueue_baseline and baseline else None
+    points = baselines if cfg.search.enqueue_baseline and baselines else None
+    space = make_space_fn(plan.space)
+    if plan.methods:  # the method first, then its own fields (Optuna's define-by-run)
+        space = make_methods_space_fn(METHOD_KEY, {m: sub.space for m, sub in plan.methods.items()})
     return PrunedAwareOptunaSearch(
-        space=make_space_fn(plan.space),
+        space=space,
         metric=cfg.search.metric,
         mode=cfg.search.mode,
         points_to_evaluate=points,
@@ -183,7 +203,7 @@ def search_stage(plan: StudyPlan, ctx: RunContext, shared: dict[str, Any], datas
     from .trainable import run_trial
 
     cfg = plan.study
-    protect = dict(plan.baseline) if cfg.search.enqueue_baseline and cfg.search.protect_baseline else None
+    protect = plan.baselines if cfg.search.enqueue_baseline and cfg.search.protect_baseline else None
     searched = tuple(sorted(plan.space))
     return SearchStage(
         name=cfg.name,
@@ -197,7 +217,7 @@ def search_stage(plan: StudyPlan, ctx: RunContext, shared: dict[str, Any], datas
             selection=plan.selection,
             datasets=datasets,
             asha=(cfg.asha.grace_period, cfg.asha.reduction_factor),
-            baseline=dict(plan.baseline),
+            baselines=tuple(plan.baselines),
             searched=searched,
             deviations=dict(plan.baseline_deviations),
         ),
@@ -258,7 +278,7 @@ def parent_params(plan: StudyPlan) -> dict[str, Any]:
         "dataset": logged["data"]["dataset"],
         "student": logged["student"],
         "teacher": teacher,
-        "distiller": logged["distiller"],
+        "distiller": logged["distiller"] or " | ".join(cfg.method_names),
         "num_samples": logged["search"]["num_samples"],
         "metric": f"{logged['search']['metric']}:{logged['search']['mode']}",
         "max_t": logged["train"]["epochs"],
@@ -272,6 +292,7 @@ def parent_params(plan: StudyPlan) -> dict[str, Any]:
             for k, v in logged["search"]["space"].items()
         },
         **{f"fixed.{k}": v for k, v in logged["params"].items()},
+        **{f"fixed.{m['distiller']}.{k}": v for m in logged["methods"] for k, v in m["params"].items()},
     }
 
 
@@ -310,6 +331,7 @@ def _stages(ctx: RunContext, plan: StudyPlan) -> StudyOutcome:
         ctx.client.set_tag(ctx.parent.parent_run_id, "cktf.baseline_deviations", json.dumps(plan.baseline_deviations))
     ctx.write_state(
         baseline=dict(plan.baseline),
+        methods=list(plan.methods),
         baseline_deviations=dict(plan.baseline_deviations),
         experiment_path=cfg.ray_storage.rstrip("/") + "/" + cfg.name,
         metric=cfg.search.metric,
@@ -321,6 +343,7 @@ def _stages(ctx: RunContext, plan: StudyPlan) -> StudyOutcome:
         stage="teacher",
         num_val=len(plan.splits.val) if plan.splits.val is not None else 0,
     )
+    publish_study_views(ctx.client, StudyResults(ctx.store))  # the UI's links work while the study runs
     ctx.say(header(plan, ctx.store.uri, ctx.log_path, ctx.mlflow_line()))
     data_ref = ctx.share("data", splits_to_shared(plan.splits), "the dataset")
     probe_ref = ctx.share("probe", splits_to_shared(plan.probe_splits)) if plan.probe_splits is not None else None
@@ -368,6 +391,7 @@ def finish_study(ctx: RunContext, plan: StudyPlan, complete: bool, interrupted: 
         published = publish_study(results, client, parent_id, cfg.mlflow.tracking_uri, plan.splits, status)
     else:
         withdraw_best(client, parent_id)
+    publish_study_views(client, results)  # the final top N and the defaults
     ctx.close(status, counts, f"send them to MLflow with: cktf mlflow-sync {ctx.store.uri}")
     return StudyOutcome(
         status,

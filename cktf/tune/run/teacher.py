@@ -138,7 +138,7 @@ def obtain_teacher(
     # what every trial's distiller says about the pair (the pairing), kept with the study's state: the MLflow
     # callback logs it on the parent run and each child run (results/lineage.py)
     write_state(store, run_params=dict(plan.run_params))
-    if not cfg.objective.needs_teacher:
+    if not cfg.needs_teacher:
         return None
     if cfg.teacher.checkpoint:
         model, meta = load_model(cfg.teacher.checkpoint, "teacher.checkpoint")

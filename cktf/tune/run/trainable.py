@@ -30,7 +30,7 @@ from ...train.checkpoint import has_resume_state
 from ...train.config import RunConfig
 from ...train.engine import NonFiniteLossError
 from ...train.runner import fit, prepare_run, resolve_device
-from ..plan.schema import StudyConfig
+from ..plan.schema import METHOD_KEY, StudyConfig
 from ..results.reader import FAILURE_KEY, FINISHED, PRUNED, TERMINAL, TrialIndex, checkpoint_filesystem
 from ..results.scratch import collect_ended, remove_trial_workdir, trial_workdir
 from ..results.store import StudyStore
@@ -90,8 +90,10 @@ def trial_run_config(
     """The trial's single-run config: the study's fixed recipe plus the sampled values.
 
     Sampled names are the method's fields (``alpha1``, ``fitnet.beta``, ``theta``) or ``optim.<field>`` /
-    ``train.<field>``. ``seed``: a confirmation run's own seed. With a confirmation stage no trial reads the test
+    ``train.<field>``; in a study over methods, ``distiller`` names the trial's method and its fields come as
+    ``<method>.<field>``. ``seed``: a confirmation run's own seed. With a confirmation stage no trial reads the test
     split: the final pick is evaluated on it once, by the driver (docs/studies.md)."""
+    cfg, sampled = method_study(cfg, sampled)
     # no last.prev.pt in a trial's folder: its reported checkpoint in Ray's storage is the fallback
     params, optim, train = dict(cfg.params), {}, {"progress": False, "keep_previous_checkpoint": False}
     if seed is not None:
@@ -119,6 +121,18 @@ def trial_run_config(
         train=cfg.train.replace(**train),
         out_dir=out_dir,
     )
+
+
+def method_study(cfg: StudyConfig, sampled: dict[str, Any]) -> tuple[StudyConfig, dict[str, Any]]:
+    """The single-method study and sampled values of a trial: the study itself, or, in a study over methods, the
+    study of the trial's method (``sampled["distiller"]``) with its ``<method>.`` prefixes taken off."""
+    if not cfg.methods:
+        return cfg, sampled
+    method = str(sampled[METHOD_KEY])
+    prefix = f"{method}."
+    own = {k[len(prefix) :]: v for k, v in sampled.items() if k.startswith(prefix)}
+    own.update({k: v for k, v in sampled.items() if k.partition(".")[0] in ("optim", "train")})
+    return cfg.study_for(method), own
 
 
 def epochs_done(run_dir: Path) -> int:
