@@ -27,7 +27,10 @@ It imports torch and the project, never Ray, MLflow or Optuna, installs nothing 
 * **checkpoint**: a full-size CKTF checkpoint (ten 50,000 x 128 banks) written inline against in the background
   (and with bf16 banks), as a share of a training step and of a 782-step epoch;
 * **loader**: one epoch of the official-style loader (PIL transforms plus per-sample ``np.random.choice``
-  negatives, through a DataLoader) against ours, on the slice.
+  negatives, through a DataLoader) against ours, on the slice;
+* **data_parallel**: one CKTF run (resnet32x4 -> resnet8x4, global batch 64, ``sync_bn``) at 1 worker and, on a
+  machine with two GPUs, 2 workers (DDP over NCCL, one GPU each; gloo on the CPU), images/s and the bytes the workers
+  exchange per step (``benchmarks/distributed_step.py``, BENCHMARKS.md section 8).
 
 Every part runs under one time budget (``--budget-s``, 390 s by default); a cell that would start after it is
 recorded as skipped, never silently dropped.
@@ -613,6 +616,58 @@ def _drain(loader, device) -> int:
 # ----------------------------------------------------------------------------- report
 
 
+def data_parallel(sizes: Sizes, device: torch.device, budget: Budget) -> list[dict[str, Any]]:
+    """One CKTF run's training steps at 1 and 2 workers (2 only where there are two GPUs, or on the CPU): images/s,
+    seconds per step, and the payload bytes per step of every collective (docs/algorithm.md §12)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import distributed_step
+
+    from cktf.distributed import launch
+
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    worlds = (1, 2) if device.type == "cpu" else tuple(w for w in (1, 2) if w <= gpus)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    teacher, student = sizes.pairs[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        a = {
+            "teacher": teacher,
+            "student": student,
+            "batch": sizes.batch,
+            "n_data": sizes.n_data,
+            "nce_k": min(sizes.nce_k, sizes.n_data // 2),
+            "steps": max(2, sizes.steps // 2),
+            "warmup": 2,
+            "tmp": tmp,
+            "device": device.type,
+        }
+        for w in worlds:
+            if budget.left() < 60:
+                rows.append({"workers": w, "skipped": "time budget"})
+                continue
+            try:
+                r = launch(distributed_step.run, w, a, 1 if device.type == "cpu" else 4, True, backend=backend)[0]
+            except Exception as exc:  # a cell's failure is recorded, the check goes on
+                rows.append({"workers": w, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                continue
+            rows.append(
+                {
+                    "workers": w,
+                    "backend": backend,
+                    "pair": f"{teacher} -> {student}",
+                    "images_per_s": round(r["images_per_s"], 1),
+                    "step_s": round(r["step_s"], 4),
+                    "bytes_per_step": int(sum(r["bytes"].values())),
+                    "memory_bytes_per_step": int(r["bytes"].get("all_gather/memory", 0)),
+                    "memory_mib_per_worker": round(r["memory_mb"], 1),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    if 2 not in worlds:
+        rows.append({"workers": 2, "skipped": f"needs two GPUs ({gpus} here)"})
+    return rows
+
+
 def markdown(res: dict[str, Any]) -> str:
     e = res["env"]
     lines = [f"# device check, {e['date']}", ""]
@@ -667,11 +722,19 @@ def markdown(res: dict[str, Any]) -> str:
                 continue
             lines.append(f"| {r['loader']} | {r['images_per_s']:,} | {r['seconds']} | {r.get('vs_official', '-')} |")
         lines.append("")
+    if res.get("data_parallel"):
+        lines += ["| data parallel | images/s | s/step | bytes/step | of it the banks' keys | note |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in res["data_parallel"]:
+            note = r.get("skipped") or r.get("error") or r.get("backend", "")
+            cells = [r.get(k, "-") for k in ("images_per_s", "step_s", "bytes_per_step", "memory_bytes_per_step")]
+            lines.append(f"| {r['workers']} worker(s) | " + " | ".join(str(c) for c in cells) + f" | {note} |")
+        lines.append("")
     lines.append(f"Total {res['seconds']:.0f} s.")
     return "\n".join(lines) + "\n"
 
 
-PARTS = ("throughput", "concurrency", "train", "checkpoint", "loader")
+PARTS = ("throughput", "concurrency", "train", "checkpoint", "loader", "data_parallel")
 
 
 def run(args) -> int:
@@ -704,6 +767,8 @@ def run(args) -> int:
             res["loader"] = loader_epoch(data, sizes, device, budget)
         if "concurrency" in parts:
             res["concurrency"] = concurrency(sizes, device, budget, data)
+        if "data_parallel" in parts:
+            res["data_parallel"] = data_parallel(sizes, device, budget)
     res["env"]["forbidden_imported"] = sorted(m for m in FORBIDDEN if sys.modules.get(m) is not None)
     res["seconds"] = round(time.perf_counter() - budget.start, 1)
     (out / "device_check.json").write_text(json.dumps(res, indent=1))

@@ -212,10 +212,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args)
     if args.dry_run:  # checked against the data and described; nothing runs
-        from .tune.plan import load_study, plan_study
-        from .tune.plan.dry_run import describe
+        from .tune.plan import load_study
+        from .tune.plan.dry_run import describe, dry_plan
 
-        print(describe(plan_study(load_study(args.study, overrides), progress=False)))
+        print(describe(dry_plan(load_study(args.study, overrides))))
         return EXIT_COMPLETE
     resume = resume_command("tune", args.study, args.set, args.data_root)
     view = "quiet" if args.quiet else "ray" if args.ray_view else "live"

@@ -45,19 +45,72 @@ def resume_command(command: str, path: str, sets: list[str] | None = None, data_
     return " ".join(shlex.quote(p) for p in parts)
 
 
+#: what the process of a trial of several workers reserves itself (no CPU: it only starts them and relays their
+#: reports; Ray needs a bundle of some resource, so a MiB of memory)
+PARALLEL_TRIAL = {"cpu": 0.0, "gpu": 0.0, "memory": float(2**20)}
+
+
 class ResourceSpec(Config):
-    """Per-trial resources; a GPU fraction below 1 packs trials on one GPU (each keeps to its memory share)."""
+    """Per-trial resources; a GPU fraction below 1 packs trials on one GPU (each keeps to its memory share). With
+    ``workers > 1`` a trial is one data-parallel run of that many workers through Ray Train, each with
+    ``cpu_per_worker`` cores and ``gpu_per_worker`` GPUs, placed by Ray on one node or several
+    (docs/architecture.md, "Trials of several workers")."""
 
     cpu: float = Field(1.0, gt=0)
     """CPU cores per trial (also its torch thread count)"""
     gpu: float = Field(0.0, ge=0)
     """GPUs per trial: a fraction in (0, 1] or a whole number"""
+    workers: int = Field(1, ge=1)
+    """data-parallel workers per trial (1: one process, today's trial; W > 1: DDP over W workers, NCCL on GPUs, gloo
+    on CPUs; train.batch_size is the global batch, split evenly)"""
+    cpu_per_worker: float = Field(1.0, gt=0)
+    """CPU cores per worker (workers > 1)"""
+    gpu_per_worker: float = Field(0.0, ge=0)
+    """GPUs per worker (workers > 1): 0 (CPU workers, gloo) or 1 (one GPU each, NCCL)"""
+    gpu_memory_gib: float | None = Field(None, gt=0)
+    """memory of one of the cluster's GPUs, for the check that a trial's contrastive memory fits its share (default:
+    the driver's GPU when it has one; without either the need is printed, not checked)"""
 
     @model_validator(mode="after")
     def _fraction(self) -> ResourceSpec:
         if self.gpu > 1 and self.gpu != int(self.gpu):
             raise ConfigError("gpu", f"must be a fraction in [0, 1] or a whole number, got {self.gpu}")
+        if self.gpu_per_worker not in (0, 1):
+            raise ConfigError(
+                "gpu_per_worker",
+                f"must be 0 or 1, got {self.gpu_per_worker:g}",
+                "one GPU per worker (NCCL shares no GPU between two ranks); more GPUs: more workers",
+            )
+        if self.workers > 1 and self.gpu:
+            raise ConfigError(
+                "gpu",
+                f"with workers: {self.workers}, each worker's GPUs are gpu_per_worker (gpu is a one-process trial's)",
+                f"set gpu_per_worker: 1 and drop gpu (a trial then takes {self.workers} GPUs)",
+            )
         return self
+
+    @property
+    def parallel(self) -> bool:
+        """Whether a trial is a data-parallel run of several workers."""
+        return self.workers > 1
+
+    @property
+    def device_share(self) -> float:
+        """The GPU share one training process of a trial has (a worker's, or the trial's)."""
+        return self.gpu_per_worker if self.parallel else self.gpu
+
+    def trial(self) -> dict[str, float]:
+        """What Ray reserves for the trial's own process: all of it, or (workers > 1) almost nothing: its workers
+        reserve theirs through Ray Train."""
+        if self.parallel:
+            return dict(PARALLEL_TRIAL)
+        return {"cpu": self.cpu, "gpu": self.gpu}
+
+    def total(self) -> dict[str, float]:
+        """What one trial takes of the cluster in all (for capacity and cost)."""
+        if self.parallel:
+            return {"cpu": self.workers * self.cpu_per_worker, "gpu": self.workers * self.gpu_per_worker}
+        return {"cpu": self.cpu, "gpu": self.gpu}
 
 
 class MlflowSpec(Config):

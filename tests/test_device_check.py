@@ -88,3 +88,6 @@ def test_cpu_smoke_runs_every_part_without_ray_mlflow_optuna_or_an_install(devic
     assert res["loader"][1]["vs_official"] > 0
     assert [r["processes"] for r in res["concurrency"]] == [1, 2]
     assert all(r.get("aggregate_images_per_s", 0) > 0 for r in res["concurrency"])
+    dp = {r["workers"]: r for r in res["data_parallel"]}  # gloo here: the same cell runs NCCL on two GPUs
+    assert dp[1]["images_per_s"] > 0 and dp[1]["bytes_per_step"] == 0  # one worker exchanges nothing
+    assert dp[2]["images_per_s"] > 0 and 0 < dp[2]["memory_bytes_per_step"] < dp[2]["bytes_per_step"]

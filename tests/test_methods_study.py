@@ -77,7 +77,7 @@ def test_define_by_run_samples_only_the_chosen_methods_fields(tmp_path):
     import optuna
 
     from cktf.space import make_methods_space_fn
-    from cktf.tune.run.trainable import trial_run_config
+    from cktf.tune.run.trial import trial_run_config
 
     raw = tiny_study(tmp_path, Path("/nonexistent"))
     raw["search"].pop("space")

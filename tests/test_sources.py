@@ -665,7 +665,7 @@ def test_the_study_callback_logs_the_run_params_on_parent_and_child_runs(tmp_pat
 
 def test_trials_start_the_student_from_the_study_weights(tmp_path) -> None:
     from cktf.tune.plan import study_from_dict
-    from cktf.tune.run.trainable import trial_run_config
+    from cktf.tune.run.trial import trial_run_config
 
     cfg = study_from_dict(_study(tmp_path, student_weights="s.safetensors"))
     assert trial_run_config(cfg, {}, str(tmp_path / "t"), None).student_weights == "s.safetensors"

@@ -366,7 +366,7 @@ def test_grid_sampler_runs_every_ablation_arm_once():
 
 
 def test_checkpoint_snapshot_links_replaced_files_and_copies_appended_ones(tmp_path):
-    from cktf.tune.run.trainable import snapshot_file
+    from cktf.tune.run.trial import snapshot_file
 
     run, snap = tmp_path / "run", tmp_path / "snap"
     run.mkdir(), snap.mkdir()

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..data import DATASETS
 from ..tune.plan.cost import (  # noqa: F401  (RESNET50_TRAIN_GFLOP, StepSpec, DataShape: read through here too)
+    OFFICIAL_SIZES,
     RESNET50_TRAIN_GFLOP,
     THROUGHPUT,
     DataShape,
@@ -36,15 +37,6 @@ from ..tune.plan.cost import (  # noqa: F401  (RESNET50_TRAIN_GFLOP, StepSpec, D
     step_flops,
 )
 from .plan import CampaignPlan, cell_id
-
-#: the train and test sizes of the datasets' official splits (used when the data is not on this machine)
-OFFICIAL_SIZES = {
-    "cifar10": (50_000, 10_000),
-    "cifar100": (50_000, 10_000),
-    "tiny_imagenet": (100_000, 10_000),
-    "stl10": (5_000, 8_000),
-    "stl10_unlabeled": (100_000, 8_000),
-}
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..distributed import shard_bounds
 from ._base import CONTRAST_IDX, IMAGE, INDEX, TARGET, ArrayDataset
 from .augment import crop_flip, crop_flip_params, normalize, resize_center_crop, resized_crop_flip, rrc_params
 from .contrast import ContrastConfig, ContrastSampler
@@ -42,6 +43,10 @@ CROP_PADDING = 4
 RESIDENT_SHARE = 0.5
 #: where a split lives: ``auto`` decides by :func:`fits_on_device`
 RESIDENCIES = ("auto", "device", "host")
+#: how a data-parallel worker shares a split (:meth:`BatchLoader.set_shard`): rows of every global batch (training)
+#: or every W-th batch (evaluation)
+SHARD_ROWS, SHARD_BATCHES = "rows", "batches"
+SHARD_MODES = (SHARD_ROWS, SHARD_BATCHES)
 
 log = logging.getLogger("cktf")
 
@@ -172,15 +177,59 @@ class BatchLoader:
         self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(spec.std, dtype=torch.float32, device=self.device)
         self.epoch = 0
+        self.shard = (0, 1, SHARD_ROWS)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration use epoch ``epoch``'s shuffle and augmentation (for resume)."""
         self.epoch = int(epoch)
 
-    def __len__(self) -> int:
+    def set_shard(self, rank: int, world_size: int, by: str = SHARD_ROWS) -> None:
+        """Iterate worker ``rank``'s share of the split (exact data parallelism, docs/algorithm.md §12).
+
+        ``by="rows"`` (training): every step is one *global* batch of ``batch_size`` rows of the same epoch plan on
+        every worker, of which this worker builds rows :func:`~cktf.distributed.shard_bounds` (``batch_size / W``
+        each); ``contrast_idx`` is drawn for the whole global batch from the epoch's generator, as one process draws
+        it, and this worker keeps its rows. A last global batch of fewer rows than workers is skipped.
+        ``by="batches"`` (evaluation): worker ``rank`` takes batches ``rank, rank + W, ...``.
+        """
+        if by not in SHARD_MODES:
+            raise ValueError(f"by must be one of {', '.join(SHARD_MODES)}, got {by!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size}")
+        self.shard = (int(rank), int(world_size), by)
+
+    def _global_len(self) -> int:
         if self.drop_last:
             return self.n // self.batch_size
         return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __len__(self) -> int:
+        return self._global_len() if self.shard[1] == 1 else len(self.steps())
+
+    def global_batch_rows(self, step: int) -> int:
+        """Rows of the global batch of step ``step`` (all workers together; this loader's own when not sharded)."""
+        rank, world, by = self.shard
+        i = step if by == SHARD_ROWS else rank + step * world
+        return min(self.batch_size, self.n - i * self.batch_size)
+
+    def steps(self) -> list[tuple[slice, slice]]:
+        """Per step: ``(the epoch-plan positions this loader builds, those of the global batch they belong to)``."""
+        rank, world, by = self.shard
+        out = []
+        for i in range(self._global_len()):
+            g = slice(i * self.batch_size, min((i + 1) * self.batch_size, self.n))
+            if world == 1:
+                out.append((g, g))
+            elif by == SHARD_BATCHES:
+                if i % world == rank:
+                    out.append((g, g))
+            else:
+                rows = g.stop - g.start
+                if rows < world:  # a worker would get no row: the whole step is skipped on every worker
+                    continue
+                a, b = shard_bounds(rows, rank, world)
+                out.append((slice(g.start + a, g.start + b), g))
+        return out
 
     def plan(self, epoch: int) -> EpochPlan:
         """Epoch ``epoch``'s shuffle and augmentation parameters (CPU draws, moved to the device once)."""
@@ -211,10 +260,10 @@ class BatchLoader:
         self.epoch += 1  # a loop that never calls set_epoch still gets a new shuffle every epoch
         plan = self.plan(epoch)
         neg = self.negatives_generator(epoch) if self.sampler is not None else None
-        for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        for sl, g in self.steps():
             params = plan.params[sl] if plan.params is not None else None
-            yield self.batch(plan.order[sl], params, neg, rows=plan.rows[sl])
+            anchors = (plan.order[g], sl.start - g.start) if sl != g else None
+            yield self.batch(plan.order[sl], params, neg, rows=plan.rows[sl], anchors=anchors)
 
     def batch(
         self,
@@ -222,30 +271,43 @@ class BatchLoader:
         params: Tensor | None = None,
         generator: torch.Generator | None = None,
         rows: Tensor | None = None,
+        anchors: tuple[Tensor, int] | None = None,
     ) -> dict[str, Tensor]:
         """The batch of rows ``idx`` with augmentation ``params`` (rows of an :class:`EpochPlan`; None for
         evaluation), as yielded by iteration; ``generator`` draws ``contrast_idx``; ``rows`` is ``idx`` on the
-        images' device when that differs (host-resident splits)."""
+        images' device when that differs (host-resident splits); ``anchors``: see :meth:`finish`."""
         idx = idx.to(self.device)
         rows = idx.to(self.images.device) if rows is None else rows
         x = self.images.index_select(0, rows)
         if not self.resident:
             self.copied_bytes += x.numel()
             x = x.to(self.device, non_blocking=True)
-        return self.finish(x, idx, params, generator)
+        return self.finish(x, idx, params, generator, anchors)
 
     def finish(
-        self, x: Tensor, idx: Tensor, params: Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        idx: Tensor,
+        params: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        anchors: tuple[Tensor, int] | None = None,
     ) -> dict[str, Tensor]:
         """The batch of the uint8 NHWC rows ``x`` (on the device) of split rows ``idx``: transform, normalise and
-        the batch dict (a streaming loader decodes ``x`` itself and ends here too, :mod:`cktf.data.stream`)."""
+        the batch dict (a streaming loader decodes ``x`` itself and ends here too, :mod:`cktf.data.stream`).
+
+        ``anchors = (global, offset)``: ``idx`` are rows ``offset ..`` of the global batch ``global`` (a worker's
+        share, :meth:`set_shard`); ``contrast_idx`` is drawn for the whole global batch and sliced."""
         x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory
         x = self.transform(x, params)
         x = normalize(x, self.mean, self.std)
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         out = {IMAGE: x, TARGET: self.targets[idx], INDEX: idx}
         if self.sampler is not None:
-            out[CONTRAST_IDX] = self.sampler.sample(idx, generator)
+            if anchors is None:
+                out[CONTRAST_IDX] = self.sampler.sample(idx, generator)
+            else:
+                full, offset = anchors
+                out[CONTRAST_IDX] = self.sampler.sample(full, generator)[offset : offset + idx.shape[0]]
         return out
 
     def transform(self, x: Tensor, params: Tensor | None) -> Tensor:

@@ -35,7 +35,7 @@ from torch import Tensor
 from ._base import UNLABELED, ArrayDataset
 from .contrast import ContrastConfig, ContrastSampler
 from .decode import load_rgb
-from .loader import BatchLoader
+from .loader import SHARD_ROWS, BatchLoader
 from .spec import DatasetSpec
 
 log = logging.getLogger("cktf")
@@ -201,6 +201,7 @@ class StreamLoader(BatchLoader):
         self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(spec.std, dtype=torch.float32, device=self.device)
         self.epoch = 0
+        self.shard = (0, 1, SHARD_ROWS)
 
     def _rows(self) -> _Rows:
         return _Rows(self.ds.files, self.ds.side, raw=self.decode == "device")
@@ -239,10 +240,11 @@ class StreamLoader(BatchLoader):
         self.epoch += 1
         plan = self.plan(epoch)
         neg = self.negatives_generator(epoch) if self.sampler is not None else None
-        slices = [slice(i * self.batch_size, (i + 1) * self.batch_size) for i in range(len(self))]
-        for sl, x in zip(slices, self._decoded([plan.rows[sl] for sl in slices])):
+        steps = self.steps()
+        for (sl, g), x in zip(steps, self._decoded([plan.rows[sl] for sl, _ in steps])):
             params = plan.params[sl] if plan.params is not None else None
-            yield self.finish(x, plan.order[sl], params, neg)
+            anchors = (plan.order[g], sl.start - g.start) if sl != g else None
+            yield self.finish(x, plan.order[sl], params, neg, anchors)
 
     def batch(
         self,

@@ -51,6 +51,11 @@ class TermConfig(Config):
         """Negatives K per anchor when the method needs ``contrast_idx`` batches (CRD, CKTF), else ``None``."""
         return None
 
+    def memory_bytes(self, n_data: int, n_stages: int) -> int:
+        """Bytes of the method's contrastive memory on each worker (CRD, CKTF: :func:`~cktf.losses.
+        contrast_memory_bytes`) for ``n_data`` training images and a student of ``n_stages`` stages; 0 without."""
+        return 0
+
 
 @dataclass(frozen=True)
 class DistillContext:
@@ -93,6 +98,10 @@ class LossTerm(nn.Module):
     needs_features: ClassVar[bool] = True
     #: True when the loss itself reads ``batch["target"]`` (DKD): refused on unlabeled data even with ``gamma = 0``
     needs_labels: ClassVar[bool] = False
+    #: True when the loss relates the samples of a batch to each other (SP, CC, RKD, PKT, DIST's intra-class term):
+    #: in a data-parallel run each worker computes it over its own rows, so it is not the one-process loss
+    #: (docs/algorithm.md §12). CKTF's normalisation over the batch is computed over the global batch instead.
+    batch_coupled: ClassVar[bool] = False
     #: the study's ``search.space`` when the study names none (field names of :attr:`config_cls`, or ``optim.*``)
     search_space: ClassVar[Mapping[str, ParamSpec]] = LR_SPACE
     #: named variants: preset name -> field overrides (``cktf-paper``: the paper text's weights)
@@ -142,6 +151,10 @@ class LossTerm(nn.Module):
 
     def on_train_start(self, student: DistillModel) -> None:
         """Hook before the main stage (e.g. FT freezes its paraphraser)."""
+
+    def run_params(self) -> dict[str, str]:
+        """What a run logs about this term besides its config (``pairing``; ``memory`` when not the official bank)."""
+        return {"pairing": str(self.pairing)}
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook before every main-stage epoch: records ``epoch`` as :attr:`epoch`. It counts from 0, as the training
@@ -241,8 +254,18 @@ class Distiller(nn.Module):
 
     def run_params(self) -> dict[str, str]:
         """What a run logs about its distiller besides its config: ``<term>/pairing`` for every term (``official``,
-        or ``generalised`` for the extension of docs/models.md)."""
-        return {f"{name}/pairing": str(getattr(term, "pairing", "official")) for name, term in self.terms.items()}
+        or ``generalised`` for the extension of docs/models.md) and ``<term>/memory: queue`` for a contrastive term
+        on the FIFO queue (an extension, docs/algorithm.md §13)."""
+        out: dict[str, str] = {}
+        for name, term in self.terms.items():
+            own = term.run_params() if isinstance(term, LossTerm) else {"pairing": "official"}
+            out.update({f"{name}/{k}": v for k, v in own.items()})
+        return out
+
+    def batch_coupled_terms(self) -> list[str]:
+        """The terms whose loss relates the samples of a batch (:attr:`LossTerm.batch_coupled`): not exact in a
+        data-parallel run."""
+        return [name for name, term in self.terms.items() if type(term).batch_coupled]
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Student plus every term's adapters/heads, never the teacher (RepDistiller's ``trainable_list``)."""

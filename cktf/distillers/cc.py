@@ -40,6 +40,7 @@ class CC(LossTerm):
     """Correlation Congruence for Knowledge Distillation, as RepDistiller runs it."""
 
     config_cls = CCConfig
+    batch_coupled = True  # relates the samples of a batch (docs/algorithm.md §12)
     #: a decade either side of the official weight (0.02)
     search_space = {"beta": log_uniform(0.002, 0.2)}
 

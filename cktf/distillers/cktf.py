@@ -71,11 +71,11 @@ from pydantic import field_validator, model_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..losses import MAPPINGS, select_stage_pair, select_stage_pair_generalised
+from ..losses import MAPPINGS, contrast_memory_bytes, select_stage_pair, select_stage_pair_generalised
 from ..models import DistillModel, DistillOutput
 from ..space import categorical, log_uniform, uniform
 from ._base import LOSS_TERMS, DistillContext, LossTerm, TermConfig, Weight
-from .crd import ContrastModule, Scoring, check_contrast_batch, validate_contrast_fields
+from .crd import ContrastModule, Memory, Scoring, contrast_inputs, contrast_run_params, validate_contrast_fields
 from .pairing import GENERALISED, OFFICIAL, depth_map, may_generalise
 
 #: official ``--st_method`` names accepted as aliases
@@ -117,6 +117,9 @@ class CKTFConfig(TermConfig):
     """embedding heads: linear (Embed, every script) | mlp | pad (CKTF --head mlp|pad)"""
     scoring: Scoring = "fused"
     """fused | gather (the official op order): the same loss (see CRDConfig)"""
+    memory: Memory = "bank"
+    """bank (the official code's: N_data x d per side and critic) | queue (an extension: FIFO of the last nce_k keys
+    per critic, MoCo style; docs/algorithm.md §13)"""
 
     @field_validator("tau", mode="before")
     @classmethod
@@ -143,8 +146,12 @@ class CKTFConfig(TermConfig):
     def at_image_size(self, image_size: int) -> CKTFConfig:
         return self if self.tau is not None else self.replace(tau=resolve_tau(None, image_size))
 
-    def negatives(self) -> int:
-        return self.nce_k
+    def negatives(self) -> int | None:
+        return self.nce_k if self.memory == "bank" else None  # a queue's negatives are its entries: nothing drawn
+
+    def memory_bytes(self, n_data: int, n_stages: int) -> int:
+        """Every critic's memory: the stem, ``n_stages`` stages and the final one."""
+        return contrast_memory_bytes(self.memory, self.feat_dim, n_data, self.nce_k, critics=n_stages + 2)
 
 
 class FamilyPool:
@@ -296,7 +303,9 @@ class CKTF(LossTerm):
         self.n_stages = len(pairs) - 1
 
         def critic(s_dim: int, t_dim: int) -> ContrastModule:
-            return ContrastModule(s_dim, t_dim, cfg.feat_dim, self.n_data, cfg.nce_m, cfg.head, cfg.scoring)
+            return ContrastModule(
+                s_dim, t_dim, cfg.feat_dim, self.n_data, cfg.nce_m, cfg.head, cfg.scoring, cfg.memory, cfg.nce_k
+            )
 
         critics = {"stem": critic(*pairs[0])}
         critics.update({f"stage{k}": critic(*pairs[k]) for k in range(1, self.n_stages + 1)})
@@ -305,6 +314,9 @@ class CKTF(LossTerm):
         # drawn after the critics so the mapping never changes their initialisation
         self.rng = StageRNG(int(torch.randint(0, 2**62, (1,)).item())) if cfg.mapping == "random" else None
         self._choices: list = []
+
+    def run_params(self) -> dict[str, str]:
+        return contrast_run_params(super().run_params(), self.cfg)
 
     @property
     def last_choices(self) -> tuple[int, ...]:
@@ -326,7 +338,7 @@ class CKTF(LossTerm):
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None
-        index, contrast_idx = check_contrast_batch(batch, self.cfg.nce_k)
+        index, contrast_idx = contrast_inputs(batch, self.cfg)
         a1, a2, tau = self.cfg.alpha1, self.cfg.alpha2, self.tau
         generator = self.rng.generator if self.rng is not None else None
         losses: dict[str, Tensor] = {}

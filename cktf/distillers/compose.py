@@ -41,6 +41,37 @@ class ObjectiveConfig(NamedTuple):
             raise ConfigError("nce_k", f"the two methods ask for different numbers of negatives {sorted(ks)}")
         return ks.pop() if ks else None
 
+    def memory_bytes(self, n_data: int, n_stages: int) -> int:
+        """Bytes of the contrastive memory (banks or queues) both methods hold on each worker, for ``n_data``
+        training images and a student of ``n_stages`` stages (:meth:`TermConfig.memory_bytes`)."""
+        return sum(c.memory_bytes(n_data, n_stages) for c in (self.primary, self.secondary) if c is not None)
+
+    def check_memory_fits(self, n_data: int, n_stages: int, budget_bytes: int, where: str = "params") -> None:
+        """Refuse a contrastive memory larger than ``budget_bytes`` (a worker's share of a GPU) with a
+        :class:`ConfigError` naming the fixes: ``memory: queue`` (an extension) or the largest ``feat_dim`` whose banks
+        fit."""
+        need = self.memory_bytes(n_data, n_stages)
+        if need <= budget_bytes:
+            return
+        fixes = []
+        for cfg in (self.primary, self.secondary):
+            if cfg is None or cfg.memory_bytes(n_data, n_stages) == 0 or not hasattr(cfg, "memory"):
+                continue
+            if cfg.memory != "queue":
+                queue = self.memory_bytes(n_data, n_stages) - cfg.memory_bytes(n_data, n_stages)
+                queue += cfg.replace(memory="queue").memory_bytes(n_data, n_stages)
+                fixes.append(f"memory: queue ({queue / 2**20:,.0f} MiB; an extension, not the paper's memory)")
+            others = need - cfg.memory_bytes(n_data, n_stages)
+            per_dim = cfg.memory_bytes(n_data, n_stages) / cfg.feat_dim
+            fit = int((budget_bytes - others) // per_dim) if budget_bytes > others else 0
+            fixes.append(f"feat_dim <= {fit}" if fit >= 1 else "a smaller nce_k or train_subset")
+        raise ConfigError(
+            f"{where}.memory",
+            f"the contrastive memory takes {need / 2**20:,.0f} MiB on each worker ({n_data:,} training images), more "
+            f"than the {budget_bytes / 2**20:,.0f} MiB it may use",
+            "set " + " or ".join(fixes) if fixes else "use fewer training images",
+        )
+
 
 @dataclass(frozen=True)
 class Objective:
@@ -101,6 +132,11 @@ class Objective:
             terms[self.secondary_name] = self.secondary(cfg.secondary, student, teacher, ctx)
             weights[self.secondary_name] = cfg.theta
         return Distiller(student, teacher, terms, gamma=cfg.primary.gamma, weights=weights, name=self.name)
+
+    def memory_bytes(self, params: Mapping[str, Any], n_data: int, n_stages: int, image_size: int = 32) -> int:
+        """Bytes of the contrastive memory of this objective under ``params`` on each worker
+        (:meth:`ObjectiveConfig.memory_bytes`); ``n_stages``: the student's stages (``len(feature_info) - 1``)."""
+        return self.parse(params, image_size).memory_bytes(n_data, n_stages)
 
     # ------------------------------------------------------------------ what a study asks
     @property

@@ -21,7 +21,7 @@ from pydantic import model_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..losses import ContrastMemory, Embed, MLPEmbed, PadEmbed, crd_pair_loss
+from ..losses import ContrastMemory, ContrastQueue, Embed, MLPEmbed, PadEmbed, contrast_memory_bytes, crd_pair_loss
 from ..models import DistillModel, DistillOutput
 from ..space import categorical, log_uniform, uniform
 from ._base import LOSS_TERMS, DistillContext, LossTerm, TermConfig, Weight
@@ -30,10 +30,13 @@ from ._base import LOSS_TERMS, DistillContext, LossTerm, TermConfig, Weight
 HEADS: dict[str, type[nn.Module]] = {"linear": Embed, "mlp": MLPEmbed, "pad": PadEmbed}
 #: how a critic's memory scores: ``fused`` (default) or ``gather`` (the official op order; the reference)
 Scoring = Literal["fused", "gather"]
+#: a critic's memory: ``bank`` (default, the official code's) or ``queue`` (FIFO of the last K keys, an extension)
+Memory = Literal["bank", "queue"]
 
 
 class ContrastModule(nn.Module):
-    """One CRD critic: ``embed_s``, ``embed_t`` and a :class:`ContrastMemory` (RepDistiller ``CRDLoss``).
+    """One CRD critic: ``embed_s``, ``embed_t`` and a :class:`ContrastMemory` (RepDistiller ``CRDLoss``), or with
+    ``memory="queue"`` a :class:`~cktf.losses.ContrastQueue` (an extension, docs/algorithm.md §13).
 
     Built in the official order (``embed_s``, ``embed_t``, then the memory, whose student bank is drawn first), so a
     seeded run draws the same initial weights and banks as upstream. Nothing is shared between critics.
@@ -46,6 +49,9 @@ class ContrastModule(nn.Module):
         nce_m: bank momentum (0.5).
         head: ``"linear"`` (``Embed``, every released script), ``"mlp"`` or ``"pad"`` (CKTF ``--head mlp|pad``).
         scoring: how :class:`ContrastMemory` scores and differentiates (``fused`` or ``gather``).
+        memory: ``bank`` (:class:`ContrastMemory`) or ``queue`` (:class:`~cktf.losses.ContrastQueue` of ``nce_k``
+            keys per side; ``scoring`` and ``nce_m`` do not apply).
+        nce_k: the queue's length (``memory="queue"``).
     """
 
     def __init__(
@@ -57,23 +63,43 @@ class ContrastModule(nn.Module):
         nce_m: float,
         head: str = "linear",
         scoring: str = "fused",
+        memory: str = "bank",
+        nce_k: int = 16384,
     ):
         super().__init__()
         head_cls = HEADS[head]
         self.embed_s = head_cls(s_dim, feat_dim)
         self.embed_t = head_cls(t_dim, feat_dim)
-        self.memory = ContrastMemory(feat_dim, n_data, momentum=nce_m, scoring=scoring)
+        if memory == "queue":
+            self.memory: ContrastMemory | ContrastQueue = ContrastQueue(feat_dim, nce_k, n_data)
+        elif memory == "bank":
+            self.memory = ContrastMemory(feat_dim, n_data, momentum=nce_m, scoring=scoring)
+        else:
+            raise ValueError(f"memory must be bank or queue, got {memory!r}")
 
-    def forward(self, f_s: Tensor, f_t: Tensor, index: Tensor, contrast_idx: Tensor, temperature: float) -> Tensor:
+    def forward(
+        self, f_s: Tensor, f_t: Tensor, index: Tensor | None, contrast_idx: Tensor | None, temperature: float
+    ) -> Tensor:
         """Unweighted two-sided CRD loss of one feature pair, then the memory update (fp32, autocast off).
 
         The teacher feature is detached: the teacher-anchor term trains only ``embed_t``; the student-anchor term
-        trains the student and ``embed_s``.
+        trains the student and ``embed_s``. A queue reads neither ``index`` nor ``contrast_idx``.
         """
         with torch.autocast(device_type=f_s.device.type, enabled=False):
             z_s = self.embed_s(f_s.float())
             z_t = self.embed_t(f_t.detach().float())
+            if isinstance(self.memory, ContrastQueue):
+                loss = self.memory.nce(z_s, z_t, temperature)
+                self.memory.update(z_s, z_t)
+                return loss
             return crd_pair_loss(self.memory, z_s, z_t, index, contrast_idx, temperature)
+
+
+def contrast_inputs(batch: Mapping[str, Tensor], cfg: TermConfig) -> tuple[Tensor | None, Tensor | None]:
+    """``(index, contrast_idx)`` a critic of ``cfg`` reads: checked for a bank, ``(None, None)`` for a queue."""
+    if getattr(cfg, "memory", "bank") == "queue":
+        return None, None
+    return check_contrast_batch(batch, cfg.nce_k)
 
 
 def check_contrast_batch(batch: Mapping[str, Tensor], nce_k: int) -> tuple[Tensor, Tensor]:
@@ -111,14 +137,20 @@ class CRDConfig(TermConfig):
     """memory momentum"""
     scoring: Scoring = "fused"
     """fused | gather (the official op order): the same loss (class docstring)"""
+    memory: Memory = "bank"
+    """bank (the official code's: N_data x d per side) | queue (an extension: FIFO of the last nce_k keys, MoCo style;
+    docs/algorithm.md §13)"""
 
     @model_validator(mode="after")
     def _check_crdconfig(self) -> CRDConfig:
         validate_contrast_fields(self)
         return self
 
-    def negatives(self) -> int:
-        return self.nce_k
+    def negatives(self) -> int | None:
+        return self.nce_k if self.memory == "bank" else None  # a queue's negatives are its entries: nothing drawn
+
+    def memory_bytes(self, n_data: int, n_stages: int) -> int:
+        return contrast_memory_bytes(self.memory, self.feat_dim, n_data, self.nce_k, critics=1)
 
 
 def validate_contrast_fields(cfg: TermConfig) -> None:
@@ -132,6 +164,13 @@ def validate_contrast_fields(cfg: TermConfig) -> None:
         raise ConfigError("nce_k", f"must be >= 1, got {cfg.nce_k}", "e.g. 16384")
     if not 0 <= cfg.nce_m < 1:
         raise ConfigError("nce_m", f"must be in [0, 1), got {cfg.nce_m}", "e.g. 0.5")
+
+
+def contrast_run_params(params: dict[str, str], cfg: TermConfig) -> dict[str, str]:
+    """A contrastive term's run params: ``memory: queue`` added when the critics use the FIFO queue (an extension);
+    the official bank adds nothing."""
+    memory = getattr(cfg, "memory", "bank")
+    return {**params, "memory": memory} if memory != "bank" else params
 
 
 @LOSS_TERMS.register("crd", summary="CRD: two-sided binary-NCE critic with memory banks on the penultimate features")
@@ -166,10 +205,15 @@ class CRD(LossTerm):
             cfg.nce_m,
             "linear",
             cfg.scoring,
+            cfg.memory,
+            cfg.nce_k,
         )
+
+    def run_params(self) -> dict[str, str]:
+        return contrast_run_params(super().run_params(), self.cfg)
 
     def forward(self, s: DistillOutput, t: DistillOutput | None, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         assert t is not None
-        index, contrast_idx = check_contrast_batch(batch, self.cfg.nce_k)
+        index, contrast_idx = contrast_inputs(batch, self.cfg)
         loss = self.critic(s.pooled, t.pooled, index, contrast_idx, self.cfg.tau)
         return {"crd": self.cfg.beta * loss}

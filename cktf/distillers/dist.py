@@ -49,6 +49,7 @@ class DIST(LossTerm):
     """DIST on the logits: ``beta * inter + gamma_intra * intra``. Loss key: ``dist``."""
 
     config_cls = DISTConfig
+    batch_coupled = True  # relates the samples of a batch (docs/algorithm.md §12)
     needs_features = False
     #: both weights and the temperature around the official 1, 1, 1
     search_space = {

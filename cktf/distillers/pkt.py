@@ -28,6 +28,7 @@ class PKT(LossTerm):
     """Probabilistic Knowledge Transfer: match the batch's cosine-similarity distributions of the pooled features."""
 
     config_cls = PKTConfig
+    batch_coupled = True  # relates the samples of a batch (docs/algorithm.md §12)
     #: a decade either side of the official weight (30000)
     search_space = {"beta": log_uniform(3000.0, 300000.0)}
 

@@ -32,6 +32,7 @@ class RKD(LossTerm):
     """Relational Knowledge Distillation: pairwise distances and triplet angles of the pooled features."""
 
     config_cls = RKDConfig
+    batch_coupled = True  # relates the samples of a batch (docs/algorithm.md §12)
     #: a decade either side of the official weight (1)
     search_space = {"beta": log_uniform(0.1, 10.0)}
 

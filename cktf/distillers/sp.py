@@ -28,6 +28,7 @@ class SP(LossTerm):
     """Similarity-Preserving Knowledge Distillation: match the batch similarity (Gram) matrices of the last stage."""
 
     config_cls = SPConfig
+    batch_coupled = True  # relates the samples of a batch (docs/algorithm.md §12)
     #: a decade either side of the official weight (3000)
     search_space = {"beta": log_uniform(300.0, 30000.0)}
 

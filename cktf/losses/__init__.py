@@ -8,7 +8,15 @@ cites its paper and the official file it copies (RepDistiller / CKTF; mdistiller
 running those official files.
 """
 
-from .contrastive import SCORINGS, ContrastMemory, crd_pair_loss, nce_loss
+from .contrastive import (
+    MEMORIES,
+    SCORINGS,
+    ContrastMemory,
+    ContrastQueue,
+    contrast_memory_bytes,
+    crd_pair_loss,
+    nce_loss,
+)
 from .feature import (
     ab_boundary_loss,
     ab_loss,
@@ -41,8 +49,10 @@ from .stage_pairs import (
 __all__ = [
     "ABF",
     "MAPPINGS",
+    "MEMORIES",
     "SCORINGS",
     "ContrastMemory",
+    "ContrastQueue",
     "Embed",
     "MLPEmbed",
     "PadEmbed",
@@ -51,6 +61,7 @@ __all__ = [
     "at_loss",
     "at_map",
     "cc_loss",
+    "contrast_memory_bytes",
     "crd_pair_loss",
     "dense_is_cheaper",
     "dist_loss",

@@ -9,6 +9,8 @@ call instead of the ``[B, K+1, d]`` gathered bank rows, so the banks can be upda
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -63,6 +65,7 @@ def fused_nce(
     chunk_elems: int = 2**24,
     eps: float = NCE_EPS,
     workspace: Tensor | None = None,
+    mean: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """One side of CRD in one pass: ``nce_loss(exp(bank[idx] . anchor / T) / Z)`` and its exact gradient.
 
@@ -86,6 +89,8 @@ def fused_nce(
         chunk_elems: largest transient gather of the gather path, in elements.
         eps: the ``1e-7`` of ``ContrastLoss`` (denominators only).
         workspace: optional ``[B, N]`` fp32 buffer for the dense path's scores (overwritten; never returned).
+        mean: how ``Z``'s mean is taken (default: over this batch's scores; a data-parallel step passes the mean over
+            the global batch, :meth:`~cktf.distributed.DistContext.global_mean`).
 
     Returns:
         The 0-dim loss; its graph holds one ``[B, d]`` tensor, so ``bank`` may be updated in place right after.
@@ -108,7 +113,8 @@ def fused_nce(
             for rows in row_chunks(bsz, chunk_rows):
                 p[rows] = torch.bmm(gather_rows(w, contrast_idx[rows]), a[rows].unsqueeze(2)).squeeze(2)
         p.div_(temperature).exp_()
-        z_buf.copy_(torch.where(z_buf < 0, p.mean() * n_norm, z_buf))  # Z once, without a host sync
+        p_mean = p.mean() if mean is None else mean(p)
+        z_buf.copy_(torch.where(z_buf < 0, p_mean * n_norm, z_buf))  # Z once, without a host sync
         p.div_(z_buf)
         k_pn = k * (1.0 / float(n_data))
         den = p + (k_pn + eps)

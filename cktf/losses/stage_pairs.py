@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..distributed import current
+
 MAPPINGS = ("first", "last", "random", "max_cos", "min_cos")
 _OFFICIAL_NAMES = {"first": "first", "last": "last", "random": "random", "largest": "max_cos", "smallest": "min_cos"}
 
@@ -42,13 +44,26 @@ def normalize_over_batch(x: Tensor, eps: float = 1e-12) -> Tensor:
 
     Same values up to fp32 rounding; ``torch.linalg.vector_norm`` reduces over the outermost dim about 8x slower on
     CPU (27 vs 3.5 ms for a ``[64, 64, 32, 32]`` stage output), and this runs on every stage tensor of every step.
+
+    In a data-parallel step (:mod:`cktf.distributed`) the norm is the global batch's: the per-position sums of
+    squares are all-reduced (differentiably: every worker's rows get the gradient of every worker's loss), so each
+    worker's rows are normalised as one process normalises them.
     """
-    return x / x.square().sum(0, keepdim=True).sqrt().clamp_min(eps)
+    sq = x.square().sum(0, keepdim=True)
+    dc = current()
+    if dc is not None:
+        sq = dc.all_reduce_sum(sq, "all_reduce/stage_norm")
+    return x / sq.sqrt().clamp_min(eps)
 
 
 def whole_tensor_cosine(a: Tensor, b: Tensor) -> Tensor:
-    """``sum(a*b) / max(||a|| ||b||, 1e-8)`` over the whole tensor (CKTF ``cosineSimilarity``)."""
-    return torch.sum(a * b) / torch.clamp(torch.sqrt(torch.sum(a**2)) * torch.sqrt(torch.sum(b**2)), min=1e-8)
+    """``sum(a*b) / max(||a|| ||b||, 1e-8)`` over the whole tensor (CKTF ``cosineSimilarity``); over the global batch
+    in a data-parallel step (the three sums all-reduced)."""
+    dc = current()
+    if dc is None:
+        return torch.sum(a * b) / torch.clamp(torch.sqrt(torch.sum(a**2)) * torch.sqrt(torch.sum(b**2)), min=1e-8)
+    sums = dc.all_reduce_sum(torch.stack([torch.sum(a * b), torch.sum(a**2), torch.sum(b**2)]), "all_reduce/cosine")
+    return sums[0] / torch.clamp(torch.sqrt(sums[1]) * torch.sqrt(sums[2]), min=1e-8)
 
 
 def _canonical(mapping: str) -> str:

@@ -6,11 +6,19 @@ The Tune layer adds its own (``tune.report``); :class:`MLflowCallback` logs a si
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 class Callback:
-    """No-op base; override what you need."""
+    """No-op base; override what you need.
+
+    In a data-parallel run (docs/algorithm.md §12) rank 0 alone calls a callback, unless its class sets
+    :attr:`all_ranks`: then every worker calls it with the same (global) metrics, and on the workers other than rank 0,
+    which write nothing, ``on_checkpoint`` comes right after ``on_epoch_end``.
+    """
+
+    #: called on every worker of a data-parallel run, not on rank 0 alone (e.g. a reporter every worker must call)
+    all_ranks: ClassVar[bool] = False
 
     def on_run_start(self, config: dict[str, Any], info: dict[str, Any]) -> None: ...
 

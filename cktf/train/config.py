@@ -71,6 +71,10 @@ class TrainConfig(Config):
     gpu_memory_share: float = Field(1.0, gt=0, le=1)
     """the fraction of the GPU's memory this run may use: < 1 caps the CUDA allocator there and sizes which splits
     are held on the GPU (a study sets it from resources.gpu, so trials sharing a GPU stay within their share)"""
+    sync_bn: bool = False
+    """data-parallel runs (W > 1 workers): BatchNorm of the student and of the method's adapters normalises with the
+    global batch's statistics (cktf.distributed.SyncBatchNorm); false: each worker's rows (docs/algorithm.md §12).
+    Without a process group it changes nothing"""
     compile: str = ""
     """torch.compile backend for the model forwards (e.g. inductor); empty = eager"""
     checkpoint_in_background: bool = True

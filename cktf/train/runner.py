@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ import numpy as np
 import torch
 
 from ..data import DATASETS, BatchLoader, ContrastConfig, Splits, load_splits, make_loader
+from ..data.loader import SHARD_BATCHES, SHARD_ROWS
 from ..distillers import DistillContext, Distiller, objective
+from ..distributed import DistContext, convert_sync_batchnorm
 from ..errors import ConfigError
 from ..models import MODELS, DistillModel, create_model
 from .callbacks import Callback
@@ -56,12 +59,14 @@ RESUMABLE_CHANGES = {
 
 @dataclass
 class Prepared:
-    """What :func:`prepare_run` checked and built; :func:`fit` consumes it."""
+    """What :func:`prepare_run` checked and built; :func:`fit` consumes it. ``dist``: the data-parallel context
+    (rank 0 of 1 without a process group)."""
 
     cfg: RunConfig
     splits: Splits
     distiller: Distiller
     device: torch.device
+    dist: DistContext = field(default_factory=DistContext)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,6 +75,30 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("train.device", f"{name} requested but CUDA is not available", "use --device cpu or auto")
     return torch.device(name)
+
+
+def worker_device(device: torch.device, dist: DistContext) -> torch.device:
+    """A data-parallel worker's device: ``cuda`` without an index becomes the worker's GPU (``LOCAL_RANK``, as
+    torchrun sets it, else the rank, modulo the visible GPUs; Ray Train shows each worker its own GPU as
+    ``cuda:0``)."""
+    if device.type == "cuda" and device.index is None:
+        local = int(os.environ.get("LOCAL_RANK", dist.rank)) % max(torch.cuda.device_count(), 1)
+        device = torch.device("cuda", local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def check_data_parallel(cfg: RunConfig, dist: DistContext) -> None:
+    """What a data-parallel run refuses before it loads anything: a global batch that W workers cannot share."""
+    b, w = cfg.train.batch_size, dist.world_size
+    if b % w:
+        raise ConfigError(
+            "train.batch_size",
+            f"the global batch of {b} cannot be split evenly over {w} workers",
+            f"pick a multiple of {w} (e.g. {max(w, b - b % w)} or {b + w - b % w}): each worker takes batch_size / "
+            "workers rows of every step",
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -181,6 +210,10 @@ def prepare_run(
         raise ValueError("pass teacher_arch with an in-memory teacher")
     validate_names(cfg, teacher_arch=teacher_arch)
     device = resolve_device(cfg.train.device)
+    dist = DistContext.from_torch(device)  # data parallel when the caller initialised a process group of W > 1
+    if dist.active:
+        check_data_parallel(cfg, dist)
+        device = dist.device = worker_device(device, dist)
     cap_gpu_memory(cfg.train.gpu_memory_share, device)
     _check_resume(cfg, Path(cfg.out_dir))
     splits = splits if splits is not None else load_splits(cfg.data)
@@ -218,11 +251,15 @@ def prepare_run(
             f"{cfg.distiller!r} reads the labels (its loss splits at the target class) but the train split has none",
             "pick a method that distils without labels (kd, crd, cktf, ...) for unlabeled images",
         )
+    if dist.active and cfg.train.sync_bn:  # the student's and the adapters' BN, never the (eval-mode) teacher's
+        convert_sync_batchnorm(distiller.student)
+        for term in distiller.terms.values():
+            convert_sync_batchnorm(term)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     distiller.to(device=device, memory_format=memory_format)
     if cfg.train.compile:
         distiller.compile_models(cfg.train.compile)
-    return Prepared(cfg, splits, distiller, device)
+    return Prepared(cfg, splits, distiller, device, dist)
 
 
 def decode_workers(cfg: RunConfig) -> int:
@@ -255,6 +292,12 @@ def _loaders(p: Prepared) -> tuple[BatchLoader, BatchLoader | None, BatchLoader]
     ev = dict(batch_size=cfg.train.eval_batch_size, train=False, **common)
     val = make_loader(p.splits.val, **ev) if p.splits.val is not None and len(p.splits.val) else None
     test = make_loader(p.splits.test, **ev)
+    dist = getattr(p, "dist", None)
+    if dist is not None and dist.active:  # each worker its rows of every global batch; every W-th batch of the evals
+        train.set_shard(dist.rank, dist.world_size, SHARD_ROWS)
+        for loader in (val, test):
+            if loader is not None:
+                loader.set_shard(dist.rank, dist.world_size, SHARD_BATCHES)
     return train, val, test
 
 
@@ -282,6 +325,8 @@ def run_init_stage(p: Prepared, loader: BatchLoader) -> None:
         return
     opt = build_sgd(stage.params, p.cfg.optim, lr=stage.lr)
     max_steps = p.cfg.train.max_steps_per_epoch or len(loader)
+    dist = getattr(p, "dist", None)
+    parallel = dist is not None and dist.active
     for epoch in range(stage.epochs):
         p.distiller.eval()
         for m in stage.modules:
@@ -291,6 +336,18 @@ def run_init_stage(p: Prepared, loader: BatchLoader) -> None:
         for batch in loader:
             if steps >= max_steps:
                 break
+            if parallel:  # a data-parallel step, as train_step takes it (docs/algorithm.md §12)
+                share = batch["image"].shape[0] / loader.global_batch_rows(steps)
+                with dist.step(loader.global_batch_rows(steps)):
+                    with autocast(p.device, p.cfg.train.bf16):
+                        loss = sum(stage.loss(batch).values())
+                    opt.zero_grad(set_to_none=True)
+                    (loss * share).backward()
+                    dist.all_reduce_grads(stage.params)
+                opt.step()
+                total += loss.detach() * share
+                steps += 1
+                continue
             with autocast(p.device, p.cfg.train.bf16):
                 loss = sum(stage.loss(batch).values())
             opt.zero_grad(set_to_none=True)
@@ -298,29 +355,49 @@ def run_init_stage(p: Prepared, loader: BatchLoader) -> None:
             opt.step()
             total += loss.detach()
             steps += 1
+        if parallel:
+            dist.all_reduce_(total, "all_reduce/metrics")
+            dist.average_batchnorm_stats(p.distiller)
         mean = float(total) / steps if steps else float("nan")
         log.info("init stage epoch %d/%d: mean loss %.4f over %d steps", epoch + 1, stage.epochs, mean, steps)
 
 
 def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train ``p.distiller`` for ``cfg.train.epochs`` epochs, resuming from ``out_dir/last.pt`` if present."""
+    """Train ``p.distiller`` for ``cfg.train.epochs`` epochs, resuming from ``out_dir/last.pt`` if present.
+
+    Data parallel (``p.dist`` active, docs/algorithm.md §12): every worker runs this loop in lockstep on its rows of
+    each global batch, and the metrics every worker records are the global ones. Rank 0 alone reads and writes
+    ``out_dir`` (the resume state, checkpoints, weights, ``metrics.jsonl``, ``config.json``, ``summary.json``) and calls
+    the callbacks; a callback whose class sets ``all_ranks = True`` is called on every worker (on the others,
+    ``on_checkpoint`` comes when the epoch ends: they write nothing). At the start rank 0's state (its resume state,
+    or its fresh initialisation) is broadcast to every worker, and the run returns on every worker once rank 0's
+    files are on disk.
+    """
     cfg, distiller, device = p.cfg, p.distiller, p.device
+    dist = getattr(p, "dist", None) or DistContext(device=device)
+    lead = dist.lead
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
     train_loader, val_loader, test_loader = _loaders(p)
-    writer = CheckpointWriter(
-        out, background=cfg.train.checkpoint_in_background, keep_previous=cfg.train.keep_previous_checkpoint
-    )
+    writer = None
+    if lead:
+        writer = CheckpointWriter(
+            out, background=cfg.train.checkpoint_in_background, keep_previous=cfg.train.keep_previous_checkpoint
+        )
     optimizer = build_sgd(distiller.trainable_parameters(), cfg.optim)
     history: list[dict[str, float]] = []
     start, init_done = 0, False
-    state = load_resume_state(out) if _check_resume(cfg, out) else None
+    state = load_resume_state(out) if lead and _check_resume(cfg, out) else None
     if state is not None:
         distiller.load_checkpoint_state(state["distiller"])
         optimizer.load_state_dict(state["optimizer"])
         history, start, init_done = list(state["history"]), int(state["epoch"]) + 1, bool(state["init_done"])
         log.info("resuming %s from epoch %d", out, start)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if dist.active:
+        history, start, init_done = _sync_workers(p, optimizer, history, start, init_done, state is not None)
+    if lead:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     info = {
         "num_train": len(p.splits.train),
         "num_val": len(p.splits.val) if p.splits.val is not None else 0,
@@ -329,6 +406,11 @@ def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         "student_params": sum(x.numel() for x in distiller.student.parameters()),
         **distiller.run_params(),  # <term>/pairing: official | generalised (docs/models.md)
     }
+    if dist.active:
+        info["world_size"] = dist.world_size
+    callbacks = [cb for cb in callbacks if lead or getattr(cb, "all_ranks", False)]
+    parallel = dist if dist.active else None
+    progress = cfg.train.progress and lead
     try:
         for cb in callbacks:
             cb.on_run_start(cfg.to_dict(), info)
@@ -336,10 +418,11 @@ def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
             run_init_stage(p, train_loader)
             init_done = True
         distiller.on_train_start()
-        with open(out / "metrics.jsonl", "w") as f:  # rewritten so a resumed run has no duplicate epochs
-            f.writelines(json.dumps(m) + "\n" for m in history)
+        if lead:
+            with open(out / "metrics.jsonl", "w") as f:  # rewritten so a resumed run has no duplicate epochs
+                f.writelines(json.dumps(m) + "\n" for m in history)
         epochs = range(start, cfg.train.epochs)
-        if cfg.train.progress:
+        if progress:
             from tqdm.auto import tqdm
 
             epochs = tqdm(epochs, initial=start, total=cfg.train.epochs, desc=f"{cfg.distiller}:{cfg.student}")
@@ -358,50 +441,95 @@ def fit(p: Prepared, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
                     epoch=epoch,
                     bf16=cfg.train.bf16,
                     max_steps=cfg.train.max_steps_per_epoch,
-                    progress=cfg.train.progress,
+                    progress=progress,
+                    dist=parallel,
                 )
             )
+            dist.average_batchnorm_stats(distiller)  # per-worker BN: every worker evaluates and saves the same model
             t0 = time.perf_counter()
             if val_loader is not None:
-                metrics.update(
-                    {f"val_{k}": v for k, v in evaluate(distiller.student, val_loader, device, cfg.train.bf16).items()}
-                )
+                val = evaluate(distiller.student, val_loader, device, cfg.train.bf16, parallel)
+                metrics.update({f"val_{k}": v for k, v in val.items()})
             if cfg.train.eval_test:
-                metrics.update(
-                    {
-                        f"test_{k}": v
-                        for k, v in evaluate(distiller.student, test_loader, device, cfg.train.bf16).items()
-                    }
-                )
+                test = evaluate(distiller.student, test_loader, device, cfg.train.bf16, parallel)
+                metrics.update({f"test_{k}": v for k, v in test.items()})
             metrics["eval_time_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            writer.wait()  # the previous epoch's write (normally long done)
-            metrics["checkpoint_wait_s"] = time.perf_counter() - t0  # > 0: writing is slower than an epoch
-            t0 = time.perf_counter()
-            snap = writer.snapshot(_resume_tensors(p, optimizer))  # before any callback can touch the student
-            metrics["checkpoint_snapshot_s"] = time.perf_counter() - t0  # what a checkpoint costs this thread
+            snap = None
+            if writer is not None:
+                t0 = time.perf_counter()
+                writer.wait()  # the previous epoch's write (normally long done)
+                metrics["checkpoint_wait_s"] = time.perf_counter() - t0  # > 0: writing is slower than an epoch
+                t0 = time.perf_counter()
+                snap = writer.snapshot(_resume_tensors(p, optimizer))  # before any callback can touch the student
+                metrics["checkpoint_snapshot_s"] = time.perf_counter() - t0  # what a checkpoint costs this thread
             for cb in callbacks:
                 cb.on_epoch_end(epoch, metrics)  # may add metrics (the linear probe's)
             history.append(metrics)
-            _write_epoch(p, writer, snap, history, epoch, init_done, callbacks)
-            if cfg.train.progress:
+            if writer is not None:
+                _write_epoch(p, writer, snap, history, epoch, init_done, callbacks)
+            else:  # a worker other than rank 0: nothing to write, its all-ranks callbacks hear of the epoch now
+                for cb in callbacks:
+                    cb.on_checkpoint(epoch, dict(metrics))
+            if progress:
                 epochs.set_postfix(
                     {k: f"{metrics[k]:.2f}" for k in ("loss/total", "val_acc", "test_acc") if k in metrics}
                 )
-        writer.wait()
+        if writer is not None:
+            writer.wait()
+        dist.barrier()  # every worker returns once rank 0's files are on disk
     except BaseException as exc:
         try:
-            writer.wait()  # what is already snapshotted still reaches the disk
+            if writer is not None:
+                writer.wait()  # what is already snapshotted still reaches the disk
         except BaseException:  # noqa: BLE001 - the first error is the one to report
             log.exception("checkpoint write failed while %s was raised", type(exc).__name__)
         for cb in callbacks:
             cb.on_run_error(exc)
         raise
     summary = summarize(history, out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if lead:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     for cb in callbacks:
         cb.on_run_end(summary)
     return summary
+
+
+def _sync_workers(
+    p: Prepared, optimizer: torch.optim.Optimizer, history: list, start: int, init_done: bool, resumed: bool
+) -> tuple[list, int, bool]:
+    """Start every data-parallel worker from rank 0's state: the distiller (student, adapters, memory banks; its
+    fresh initialisation, or the resume state rank 0 read), the optimiser's when resuming, and where the run is
+    (history, first epoch, init stage done). Every worker then holds bitwise the same state."""
+    dist, distiller = p.dist, p.distiller  # an active context (fit calls this only then)
+    header = dist.broadcast_object((history, start, init_done, resumed) if dist.lead else None)
+    history, start, init_done, resumed = header
+    state = dist.broadcast_tensors(distiller.checkpoint_state())
+    if not dist.lead:
+        distiller.load_checkpoint_state(state)
+    if resumed:
+        cpu = _to_cpu(optimizer.state_dict()) if dist.lead else None
+        opt_state = dist.broadcast_object(cpu)
+        if not dist.lead:
+            optimizer.load_state_dict(opt_state)
+    coupled = distiller.batch_coupled_terms()
+    if coupled and dist.lead:
+        log.warning(
+            "%s relate the samples of a batch: over %d workers each computes them on its own rows, not on the global "
+            "batch (docs/algorithm.md §12)",
+            ", ".join(coupled),
+            dist.world_size,
+        )
+    return list(history), int(start), bool(init_done)
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def _best_epoch(history: list[dict[str, float]]) -> int:

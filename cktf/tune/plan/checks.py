@@ -23,6 +23,26 @@ SEARCHABLE_TRAIN = ("batch_size", "seed")
 RECIPE_SECTIONS = ("optim", "train")
 
 
+def _check_workers(cfg: StudyConfig) -> None:
+    """A data-parallel trial splits every global batch evenly over its workers: each batch size it may train with
+    (the fixed one, every searched choice) must be a multiple of ``resources.workers``."""
+    w = cfg.resources.workers
+    if w <= 1:
+        return
+    spec = cfg.search.space.get("train.batch_size")
+    sizes = [("train.batch_size", cfg.train.batch_size)]
+    if spec is not None:
+        sizes = [("search.space.train.batch_size", int(b)) for b in spec.probe_values()]
+    for field, b in sizes:
+        if b % w:
+            raise ConfigError(
+                field,
+                f"a global batch of {b} cannot be split evenly over resources.workers={w}",
+                f"use a multiple of {w} (e.g. {b - b % w or w} or {b + w - b % w}): each worker takes batch_size / "
+                "workers images of every step, and the recipe's learning rate is the global batch's",
+            )
+
+
 def _check_methods(cfg: StudyConfig) -> StudyConfig:
     """A study over methods: each method checked as the study of its own it runs as (its errors named under
     ``methods.<i>``); what a single-method study sets for its method is refused here, with where it goes instead."""

@@ -35,6 +35,20 @@ PRECISION = {("a100", False): "tf32", ("a100", True): "amp", ("v100", False): "f
 FLOP_BATCH = 2
 
 
+#: the train and test sizes of the datasets' official splits (used when the data is not on this machine);
+#: ``imagenet_style`` is counted as ImageNet-1k (ILSVRC-2012: 1,281,167 train, 50,000 val images, 1000 classes)
+OFFICIAL_SIZES = {
+    "cifar10": (50_000, 10_000),
+    "cifar100": (50_000, 10_000),
+    "tiny_imagenet": (100_000, 10_000),
+    "stl10": (5_000, 8_000),
+    "stl10_unlabeled": (100_000, 8_000),
+    "imagenet_style": (1_281_167, 50_000),
+}
+#: class counts where the registry cannot know them without the data
+OFFICIAL_CLASSES = {"imagenet_style": 1000}
+
+
 @dataclass(frozen=True)
 class StepSpec:
     """One training step to count: the models, the method and its fields, the batch and the data's shape."""

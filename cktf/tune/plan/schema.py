@@ -37,6 +37,7 @@ from .checks import (
     _check_space,
     _check_teacher,
     _check_transfer,
+    _check_workers,
 )
 
 #: the most trials a study accepts without ``search.allow_large`` (``--i-mean-it``)
@@ -326,6 +327,7 @@ class StudyConfig(RunSettings):
     @model_validator(mode="after")
     def _check_study(self) -> StudyConfig:
         lookup("student", MODELS.get, self.student)
+        _check_workers(self)
         if self.methods or self.distiller is None:
             return _check_methods(self)
         method = self.objective
@@ -360,6 +362,16 @@ class StudyConfig(RunSettings):
 def study_json_schema() -> dict[str, Any]:
     """The JSON Schema of a study file (``cktf schema``), for editors (yaml-language-server) and checks."""
     schema = StudyConfig.model_json_schema()
+    # the shorthands the loader accepts: a method by its name, the method searched as distiller: {choice: [...]}
+    props = schema["properties"]
+    props["methods"]["items"] = {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/MethodEntry"}]}
+    choice = {
+        "type": "object",
+        "properties": {"choice": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
+        "required": ["choice"],
+        "additionalProperties": False,
+    }
+    props["distiller"]["anyOf"] = [*props["distiller"].get("anyOf", [{"type": "string"}, {"type": "null"}]), choice]
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "cktf study"
     schema["description"] = (

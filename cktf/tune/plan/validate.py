@@ -55,6 +55,8 @@ class StudyPlan:
     #: the baseline's fields that could not take their official value (outside the space): field -> official, used
     baseline_deviations: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
+    #: the contrastive memory (banks or queues) each worker holds, at the space's largest feat_dim and nce_k
+    memory_bytes: int = 0
     #: a study over methods: each method's own plan (its space, baseline, run params), by method
     methods: Mapping[str, StudyPlan] = dataclasses.field(default_factory=dict)
 
@@ -98,6 +100,7 @@ def plan_study(cfg: StudyConfig, progress: bool = True) -> StudyPlan:
         metrics=tuple(x for x in first.metrics if x in shared),
         run_params={},
         baseline_deviations={f"{m}.{k}": v for m, p in subs.items() for k, v in p.baseline_deviations.items()},
+        memory_bytes=max(p.memory_bytes for p in subs.values()),
         methods=subs,
     )
 
@@ -137,6 +140,7 @@ def _plan_one(cfg: StudyConfig, splits: Splits, probe_splits: Splits | None) -> 
         metrics += tuple(QUICK_PROBE_METRICS)
     check_metric(cfg, metrics)
     check_negatives(cfg, splits, space, baseline)
+    memory = check_contrast_memory(cfg, splits, space, baseline, len(distiller.student.feature_info) - 1)
     return StudyPlan(
         study=cfg,
         splits=splits,
@@ -149,6 +153,7 @@ def _plan_one(cfg: StudyConfig, splits: Splits, probe_splits: Splits | None) -> 
         selection=LAST_EPOCH if cfg.probe is not None else BEST_EPOCH,
         run_params=distiller.run_params(),
         baseline_deviations=deviations,
+        memory_bytes=memory,
     )
 
 
@@ -247,6 +252,41 @@ def dry_build(
             "distiller", f"{cfg.distiller} cannot pair teacher {teacher_arch} with student {cfg.student}: {exc}"
         ) from None
     return distiller, tuple(out.losses)
+
+
+def gpu_memory_budget(cfg: StudyConfig) -> float | None:
+    """The bytes of GPU memory one training process of a trial may use: its share of a GPU (``resources.gpu``, or
+    ``gpu_per_worker`` with several workers) times the memory of one GPU (``resources.gpu_memory_gib``, else this
+    machine's first GPU); None for CPU trials or when the GPU's size is unknown."""
+    r = cfg.resources
+    if r.device_share <= 0:
+        return None
+    gib = r.gpu_memory_gib
+    if gib is None and torch.cuda.is_available():
+        gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    return None if gib is None else min(r.device_share, 1.0) * gib * 2**30
+
+
+def check_contrast_memory(
+    cfg: StudyConfig, splits: Splits, space: Mapping[str, ParamSpec], baseline: Mapping[str, Any], n_stages: int
+) -> int:
+    """The contrastive memory every worker holds (every worker holds all of it: docs/algorithm.md §13) at the
+    space's largest ``feat_dim`` and ``nce_k``, refused before Ray starts when it exceeds the GPU share a trial's
+    process is given (:func:`gpu_memory_budget`), naming ``memory: queue`` and the largest ``feat_dim`` that fits;
+    returns the bytes."""
+    method, size = cfg.objective, splits.image_size
+    point = {**cfg.params, **_method_point(baseline)}
+    for name in ("feat_dim", "nce_k"):
+        spec = space.get(name)
+        if spec is not None:
+            point[name] = max(spec.probe_values())
+    parsed = method.parse(point, size)
+    n_data = len(splits.train)
+    need = parsed.memory_bytes(n_data, n_stages)
+    budget = gpu_memory_budget(cfg)
+    if need and budget is not None:
+        parsed.check_memory_fits(n_data, n_stages, int(budget), where="params")
+    return need
 
 
 def check_negatives(cfg: StudyConfig, splits: Splits, space: Mapping[str, ParamSpec], baseline: Mapping[str, Any]):

@@ -360,7 +360,11 @@ class TrialCallback(Callback):
             pid=result.get("pid", rec.get("pid")),
             gpu_ids=result.get("cktf/gpu_ids", rec.get("gpu_ids")),
             start_epochs=_starts(rec, result),
+            workers=int(result.get("cktf/workers", rec.get("workers", 1))),
+            worker_nodes=result.get("cktf/worker_nodes", rec.get("worker_nodes")),
         )
+        if result.get("checkpoint_path"):  # a data-parallel trial's: Ray Train persisted it, the result names it
+            self.record_checkpoint(key, str(result["checkpoint_path"]), str(result.get("cktf/checkpoint_fs", "")))
 
     def on_experiment_end(self, trials: list, **info) -> None:
         """Ray ended the experiment: a record still running that Ray never knew (a ghost nobody adopted: the
@@ -374,11 +378,11 @@ class TrialCallback(Callback):
                 self.end(rec["trial_id"], FAILED, error)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info) -> None:
-        rec = self.index.update(
-            self.lineage.key_of(trial),
-            checkpoint=checkpoint.path,
-            checkpoint_fs=type(checkpoint.filesystem).__name__,
-        )
+        self.record_checkpoint(self.lineage.key_of(trial), checkpoint.path, type(checkpoint.filesystem).__name__)
+
+    def record_checkpoint(self, key: str, path: str, filesystem: str) -> None:
+        """The trial's latest checkpoint (Tune's, or Ray Train's for a data-parallel trial) in its record."""
+        rec = self.index.update(key, checkpoint=path, checkpoint_fs=filesystem or "LocalFileSystem")
         if not self.parent.keep_state:
             strip_older(rec)  # one resume state per running trial: the latest
 

@@ -88,7 +88,7 @@ def write_plots(results: StudyResults, out: Path, caution: str = "") -> list[str
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{results.name}: {metric} per trial (dashed, x: pruned by ASHA)")
-    if len(trials) <= 16:
+    if 0 < len(ax.get_lines()) and len(trials) <= 16:  # no curve (no trial reported an epoch): no legend
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "metric_vs_epoch.png", dpi=110)

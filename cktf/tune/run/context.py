@@ -173,6 +173,12 @@ class RunContext:
         )
         if address is None:
             kwargs["_node_ip_address"] = "127.0.0.1"  # with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (keep_ray_local)
+            if self.settings.resources.parallel:
+                from ...distributed import free_port
+
+                # Ray Train frees the workers of a trial Tune stopped (ASHA, the last epoch) through the state API,
+                # which the dashboard serves: on, on loopback, for trials of several workers
+                kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port())
         with stderr_to(self.log_path if self.options.view != "ray" else None):
             ray.init(address=address, **kwargs)
         if self._log is not None:
@@ -180,6 +186,22 @@ class RunContext:
         if address is None:
             self.lock.track_ray_processes()
             self.started_ray = True
+        self.check_capacity()
+
+    def check_capacity(self) -> None:
+        """A trial that no node (or, for several workers, the cluster) could ever hold would wait for ever: refused
+        when this run started its own Ray (its nodes are all it will have); on a joined cluster, whose autoscaler may
+        add nodes, a warning."""
+        import ray
+
+        from .stages import capacity_problem
+
+        problem = capacity_problem(self.settings.resources, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+        if problem is None:
+            return
+        if self.started_ray:
+            raise ConfigError("resources", problem, "lower the resources a trial asks for, or join a larger cluster")
+        log.warning("%s: its trials wait until the cluster grows (an autoscaler, more nodes)", problem)
 
     def share(self, name: str, obj: Any, what: str = "") -> Any:
         """``obj`` in the object store once (each node that needs it fetches one copy); returns its reference."""

@@ -75,12 +75,15 @@ class LiveView(Callback):
             head = f"{head} s{int(rec.get('seed', 0))}"
         score = rec.get("score")
         value = f"{score:7.2f}" if isinstance(score, int | float) else "      -"
-        params = "defaults" if rec.get("baseline") else short_params(rec.get("config", {}), self.searched, 64)
+        config = rec.get("config", {})
+        method = f"{config['distiller']} " if "distiller" in config else ""  # a study over methods
+        params = f"{method}defaults" if rec.get("baseline") else short_params(config, self.searched, 64)
         if rec.get("baseline") and rec.get("deviations"):  # not quite: the fields outside the space say what they took
             used = ", ".join(f"{k}={v['used']}" for k, v in sorted(rec["deviations"].items()))
             params += f" ({used}, not official)"
         epochs = f"{int(rec.get('iterations', len(rec.get('history', []))))}/{self.max_t} ep"
-        return f"  {head:<9} {rec.get('status', RUNNING):<8} {epochs:>8}  {SCORE} {value}  {params}"
+        workers = f" x{int(rec['workers'])}w" if int(rec.get("workers") or 1) > 1 else ""  # a data-parallel trial
+        return f"  {head:<9} {rec.get('status', RUNNING):<8} {epochs:>8}{workers}  {SCORE} {value}  {params}"
 
     def progress(self, recs: list[dict[str, Any]]) -> str:
         c = self.counts(recs)
@@ -149,13 +152,19 @@ def header(plan: Any, store_uri: str, log_path: str, mlflow_line: str) -> str:
     res = cfg.resources
     at_once = f"{cfg.max_concurrent} at once" if cfg.max_concurrent else "as many at once as fit"
     confirm, methods = "", " | ".join(cfg.method_names)
+    per_trial = f"{res.cpu:g} CPU, {res.gpu:g} GPU"
+    if res.parallel:
+        per_trial = (
+            f"{res.workers} workers (data parallel, Ray Train) of {res.cpu_per_worker:g} CPU, "
+            f"{res.gpu_per_worker:g} GPU"
+        )
     if cfg.confirm is not None:
         confirm = f"; then the top {cfg.confirm.top_k} + defaults over {cfg.confirm.seeds} new seeds"
     return "\n".join(
         [
             f"cktf study {cfg.name}: {plan.num_trials} trials of {methods} ({pair}, {cfg.data.dataset}), "
             f"ASHA + {cfg.sampler.name} on {cfg.search.metric} ({cfg.search.mode}){confirm}",
-            f"  per trial {res.cpu:g} CPU, {res.gpu:g} GPU, {at_once} · up to {cfg.train.epochs} epochs"
+            f"  per trial {per_trial}, {at_once} · up to {cfg.train.epochs} epochs"
             f" · {SCORE} = {score_rule(cfg.search.metric, plan.selection)}",
             f"  results: {store_uri} · log: {log_path}",
             f"  MLflow: {mlflow_line}",

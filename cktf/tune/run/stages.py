@@ -95,8 +95,33 @@ def point_dirname(trial: Any) -> str:
 
 
 def trial_resources(spec: ResourceSpec) -> dict[str, float]:
-    """What Ray reserves for one trial."""
-    return {"cpu": spec.cpu, "gpu": spec.gpu}
+    """What Ray reserves for one trial's own process (its workers, if several, reserve theirs: ResourceSpec.trial)."""
+    return spec.trial()
+
+
+def capacity_problem(spec: ResourceSpec, nodes: list[dict[str, float]]) -> str | None:
+    """Why no trial could start on ``nodes`` (each node's Ray resources), or None: a one-process trial needs one node
+    with its CPUs and GPUs; a trial of W workers needs each worker's share on some node and W of them in all."""
+    if not spec.parallel:
+        fits = any(n.get("CPU", 0) >= spec.cpu and n.get("GPU", 0) >= spec.gpu for n in nodes)
+        if fits:
+            return None
+        return f"a trial asks for {spec.cpu:g} CPU and {spec.gpu:g} GPU on one node; no node of the cluster has them"
+    per_node = [
+        int(
+            min(
+                n.get("CPU", 0) // spec.cpu_per_worker,
+                n.get("GPU", 0) // spec.gpu_per_worker if spec.gpu_per_worker else float("inf"),
+            )
+        )
+        for n in nodes
+    ]
+    if sum(per_node) >= spec.workers:
+        return None
+    return (
+        f"a trial's {spec.workers} workers ask for {spec.cpu_per_worker:g} CPU and {spec.gpu_per_worker:g} GPU each; "
+        f"the cluster holds {sum(per_node)} such workers"
+    )
 
 
 def run_config(settings: RunSettings, name: str, callbacks: list, view: str) -> Any:
@@ -113,4 +138,4 @@ def run_config(settings: RunSettings, name: str, callbacks: list, view: str) -> 
     )
 
 
-__all__ = ["GridStage", "SearchStage", "Stage", "point_dirname", "run_config", "trial_resources"]
+__all__ = ["GridStage", "SearchStage", "Stage", "capacity_problem", "point_dirname", "run_config", "trial_resources"]

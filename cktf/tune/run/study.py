@@ -340,10 +340,10 @@ def _stages(ctx: RunContext, plan: StudyPlan) -> StudyOutcome:
         num_trials=plan.num_trials,
         overrides=dict(ctx.options.overrides) or state.get("overrides", {}),
         status="running",
-        stage="teacher",
         num_val=len(plan.splits.val) if plan.splits.val is not None else 0,
     )
     publish_study_views(ctx.client, StudyResults(ctx.store))  # the UI's links work while the study runs
+    ctx.write_state(stage="teacher")
     ctx.say(header(plan, ctx.store.uri, ctx.log_path, ctx.mlflow_line()))
     data_ref = ctx.share("data", splits_to_shared(plan.splits), "the dataset")
     probe_ref = ctx.share("probe", splits_to_shared(plan.probe_splits)) if plan.probe_splits is not None else None

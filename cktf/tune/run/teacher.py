@@ -51,8 +51,9 @@ def teacher_resources(cfg: StudyConfig) -> dict[str, float]:
 
     if cfg.teacher.resources is not None:
         return {"cpu": cfg.teacher.resources.cpu, "gpu": cfg.teacher.resources.gpu}
-    if cfg.resources.gpu > 0:
-        return {"cpu": cfg.resources.cpu, "gpu": max(1.0, float(int(cfg.resources.gpu)))}
+    r = cfg.resources
+    if r.device_share > 0:  # one process on one GPU (or the trials' whole number of them), also for parallel trials
+        return {"cpu": r.cpu_per_worker if r.parallel else r.cpu, "gpu": max(1.0, float(int(r.gpu)))}
     cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
     return {"cpu": max(cpus, default=0.0) or cfg.resources.cpu, "gpu": 0.0}
 

@@ -1,59 +1,32 @@
-"""The Ray Tune trainable: one trial = one :func:`cktf.train.fit` run of the study's recipe.
+"""The Ray Tune trainable: one trial = one :func:`cktf.train.fit` run of the study's recipe (:mod:`.trial`), in the
+trial's own process, or (``resources.workers > 1``) as a data-parallel job of several workers (:mod:`.parallel`).
 
-The trial reads the data and the teacher from the object store (``tune.with_parameters``), never
-from disk, and reports once per epoch (one Tune iteration = one epoch, so ASHA's ``max_t`` is the
-recipe's epoch count) together with a checkpoint of the run directory: ``last.pt`` (student,
-heads, memory banks, optimiser, history), ``model_best.safetensors`` (the val-selected weights
-so far) and ``metrics.jsonl``. A retried or resumed trial copies its last checkpoint back and
-:func:`cktf.train.fit` continues from the next epoch.
-
-With a GPU fraction below one the trial caps its CUDA caching allocator to that share
-(``torch.cuda.set_per_process_memory_fraction``; Ray's fractions are logical only, ray#41432).
-Actors are not reused, so a trial ASHA stops exits and frees its GPU memory.
+The trial reads the data and the teacher from the object store (``tune.with_parameters``), never from disk, and
+reports once per epoch (one Tune iteration = one epoch, so ASHA's ``max_t`` is the recipe's epoch count) together with
+a checkpoint of the run directory. With a GPU fraction below one the trial caps its CUDA caching allocator to that
+share (``torch.cuda.set_per_process_memory_fraction``; Ray's fractions are logical only, ray#41432). Actors are not
+reused, so a trial ASHA stops exits and frees its GPU memory.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray import tune
 
 from ...registry import import_plugins
-from ...train.callbacks import Callback
-from ...train.checkpoint import has_resume_state
-from ...train.config import RunConfig
 from ...train.engine import NonFiniteLossError
 from ...train.runner import fit, prepare_run, resolve_device
-from ..plan.schema import METHOD_KEY, StudyConfig
+from ..plan.schema import StudyConfig
 from ..results.reader import FAILURE_KEY, FINISHED, PRUNED, TERMINAL, TrialIndex, checkpoint_filesystem
 from ..results.scratch import collect_ended, remove_trial_workdir, trial_workdir
 from ..results.store import StudyStore
 from .shared import splits_from_shared, teacher_from_shared, zero_copy_report
+from .trial import TuneReporter, epochs_done, restore_latest, trial_callbacks, trial_run_config, unreported
 
 log = logging.getLogger(__name__)
-
-#: files of a run directory that make up a trial checkpoint
-CHECKPOINT_FILES = ("last.pt", "model_best.safetensors", "model_last.safetensors", "metrics.jsonl", "config.json")
-#: those only ever replaced whole (``os.replace``), so a hard link is a faithful snapshot; the others are appended to
-REPLACED_WHOLE = frozenset({"last.pt", "model_best.safetensors", "model_last.safetensors"})
-
-
-def snapshot_file(src: Path, dst: Path) -> None:
-    """``dst`` = ``src`` as of now: a hard link for files written only by atomic replace (no copy of a multi-100 MB
-    ``last.pt`` holding CKTF's memory banks on every epoch), else a copy."""
-    if src.name in REPLACED_WHOLE:
-        try:
-            os.link(src, dst)
-            return
-        except OSError:  # another filesystem, or no hard links there
-            pass
-    shutil.copy2(src, dst)
 
 
 def already_ended(store: StudyStore, trial_id: str) -> dict[str, Any] | None:
@@ -84,144 +57,6 @@ def ended_trials(store: StudyStore) -> set[str]:
         return set()
 
 
-def trial_run_config(
-    cfg: StudyConfig, sampled: dict[str, Any], out_dir: str, teacher: str | None, seed: int | None = None
-) -> RunConfig:
-    """The trial's single-run config: the study's fixed recipe plus the sampled values.
-
-    Sampled names are the method's fields (``alpha1``, ``fitnet.beta``, ``theta``) or ``optim.<field>`` /
-    ``train.<field>``; in a study over methods, ``distiller`` names the trial's method and its fields come as
-    ``<method>.<field>``. ``seed``: a confirmation run's own seed. With a confirmation stage no trial reads the test
-    split: the final pick is evaluated on it once, by the driver (docs/studies.md)."""
-    cfg, sampled = method_study(cfg, sampled)
-    # no last.prev.pt in a trial's folder: its reported checkpoint in Ray's storage is the fallback
-    params, optim, train = dict(cfg.params), {}, {"progress": False, "keep_previous_checkpoint": False}
-    if seed is not None:
-        train["seed"] = int(seed)
-    if cfg.confirm is not None:
-        train["eval_test"] = False
-    if 0 < cfg.resources.gpu < 1:  # a fraction of a GPU: the run keeps to its share of the memory
-        train["gpu_memory_share"] = min(float(cfg.resources.gpu), cfg.train.gpu_memory_share)
-    for key, value in sampled.items():
-        section, _, name = key.partition(".")
-        if section == "optim":
-            optim[name] = value
-        elif section == "train":
-            train[name] = value
-        else:
-            params[key] = value
-    return RunConfig(
-        student=cfg.student,
-        student_weights=cfg.student_weights,
-        distiller=cfg.distiller,
-        distill_params=params,
-        teacher_checkpoint=teacher,
-        data=cfg.data,
-        optim=cfg.optim.replace(**optim),
-        train=cfg.train.replace(**train),
-        out_dir=out_dir,
-    )
-
-
-def method_study(cfg: StudyConfig, sampled: dict[str, Any]) -> tuple[StudyConfig, dict[str, Any]]:
-    """The single-method study and sampled values of a trial: the study itself, or, in a study over methods, the
-    study of the trial's method (``sampled["distiller"]``) with its ``<method>.`` prefixes taken off."""
-    if not cfg.methods:
-        return cfg, sampled
-    method = str(sampled[METHOD_KEY])
-    prefix = f"{method}."
-    own = {k[len(prefix) :]: v for k, v in sampled.items() if k.startswith(prefix)}
-    own.update({k: v for k, v in sampled.items() if k.partition(".")[0] in ("optim", "train")})
-    return cfg.study_for(method), own
-
-
-def epochs_done(run_dir: Path) -> int:
-    """Epochs a run directory has completed (its ``metrics.jsonl`` lines; 0 without a resume checkpoint)."""
-    if not has_resume_state(run_dir) or not (run_dir / "metrics.jsonl").exists():
-        return 0
-    return sum(1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip())
-
-
-class ProbeCallback(Callback):
-    """Transfer trials: probe a frozen copy of the student on the target's labeled data (Section 3.2).
-
-    A quick probe (cached features, ``quick_epochs``) every ``every`` epochs gives ASHA its metric; the
-    last epoch runs the full probe recipe and adds its per-epoch curve (``probe/curve``, JSON) so the
-    driver logs it to MLflow (the paper's Fig. 2). Metrics go into the epoch's dict before it is reported.
-    """
-
-    def __init__(self, student, splits, spec, epochs: int, device):
-        self.student, self.splits, self.spec, self.epochs, self.device = student, splits, spec, epochs, device
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
-        import copy
-        import json
-
-        from ...transfer import linear_probe
-
-        last = epoch == self.epochs - 1
-        if not last and (not self.spec.every or (epoch + 1) % self.spec.every):
-            return
-        recipe = self.spec.recipe
-        if not last:
-            recipe = recipe.replace(epochs=self.spec.quick_epochs, augment=False, milestones=())
-        backbone = copy.deepcopy(self.student)  # the live student keeps training; the probe freezes a copy
-        _, summary = linear_probe(backbone, self.splits, recipe, self.device)
-        metrics["probe_val_acc"] = summary["val_acc"] if summary["val_acc"] is not None else summary["test_acc"]
-        metrics["probe_test_acc"] = summary["test_acc"]
-        metrics["probe_test_acc_max_over_epochs"] = summary["test_acc_max_over_epochs"]
-        metrics["probe_epochs"] = float(recipe.epochs)
-        if last:
-            metrics["probe/curve"] = json.dumps(summary["history"])
-
-
-class TuneReporter(Callback):
-    """Reports each epoch's metrics to Tune with the run directory as the checkpoint, once the checkpoint is complete
-    on disk (from the checkpoint writer's thread: training goes on while Ray persists it and the driver answers)."""
-
-    def __init__(self, out_dir: Path, extra: dict[str, float]):
-        self.out_dir, self.extra = out_dir, extra
-
-    def on_checkpoint(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.report(epoch, metrics)
-
-    def report(self, epoch: int, metrics: dict[str, Any], checkpoint: bool = True) -> None:
-        """One epoch's result (with the run directory as its checkpoint unless ``checkpoint`` is false)."""
-        result: dict[str, Any] = {
-            k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        if "probe/curve" in metrics:
-            result["probe/curve"] = metrics["probe/curve"]
-        result["epochs_done"] = epoch + 1  # ASHA's time axis: epochs, not Tune's per-process report count
-        result.update(self.extra)
-        if not checkpoint:
-            tune.report(result)
-            return
-        with tempfile.TemporaryDirectory(prefix="cktf-ckpt-") as tmp:
-            for name in CHECKPOINT_FILES:
-                src = self.out_dir / name
-                if src.exists():
-                    snapshot_file(src, Path(tmp) / name)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-    def replay(self, rows: list[dict[str, Any]]) -> None:
-        """Epochs this node trained that no driver saw (it was stopped before they were reported): reported now, in
-        order, the last with the checkpoint, so the index and the scheduler see every epoch once."""
-        for i, row in enumerate(rows):
-            self.report(int(row["epoch"]), row, checkpoint=i == len(rows) - 1)
-
-
-def unreported(run_dir: Path, reported: int) -> list[dict[str, Any]]:
-    """The epochs of ``run_dir`` (its ``metrics.jsonl``, covered by its resume state) after the first ``reported``."""
-    import json
-
-    done = epochs_done(run_dir)
-    if done <= reported:
-        return []
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return rows[reported:done]
-
-
 @dataclass(frozen=True)
 class TrialInputs:
     """What every trial of a stage receives (once, through the object store): the study, the run's folder, and
@@ -236,18 +71,20 @@ class TrialInputs:
     probe_data: Any = None
     cells: dict[str, StudyConfig] | None = None
 
-    def resolve(self, config: dict[str, Any]) -> tuple[StudyConfig, dict[str, Any], dict[str, Any] | None, Any]:
-        """``(study, data, teacher, probe data)`` of the trial with ``config``, fetched from the object store."""
-        import ray
-
-        def get(ref: Any) -> Any:
-            return ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
-
+    def refs(self, config: dict[str, Any]) -> tuple[StudyConfig, Any, Any, Any]:
+        """``(study, data, teacher, probe data)`` of the trial with ``config``: object references (or values)."""
         if self.cells is None:
-            return self.study, get(self.data), get(self.teacher), get(self.probe_data)
+            return self.study, self.data, self.teacher, self.probe_data
         study = self.cells[config["_cell"]]
-        teacher = get(self.teacher[config["_pair"]]) if study.objective.needs_teacher else None
-        return study, get(self.data[config["_data"]]), teacher, None
+        teacher = self.teacher[config["_pair"]] if study.objective.needs_teacher else None
+        return study, self.data[config["_data"]], teacher, None
+
+
+def fetch(ref: Any) -> Any:
+    """A value from the object store (zero-copy for numpy arrays), or the value itself."""
+    import ray
+
+    return ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
 
 
 def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
@@ -259,7 +96,7 @@ def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
     from ..results.mlflow_runs import flat_config
 
     config = flat_config(config)
-    study, data, teacher, probe_data = inputs.resolve(config)
+    study, data_ref, teacher_ref, probe_ref = inputs.refs(config)
     store = inputs.store
     cfg = study
     import_plugins(cfg.plugins)  # the user's own methods and models, registered in this worker too
@@ -272,22 +109,20 @@ def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
         history = ended.get("history") or [{}]
         tune.report({**history[-1], "epochs_done": int(ended.get("iterations", len(history)))})
         return
-    out = trial_workdir(store.uri, key)  # node-local, outside what Ray syncs as experiment state
     collect_ended(store.uri, ended_trials(store), keep=key)
     record = TrialIndex(store).get(key)
-    for ckpt in resume_candidates(tune.get_checkpoint(), record):
-        try:
-            with ckpt.as_directory() as d:
-                # whichever is furthest along: this node's working folder (a driver killed before it saw the last
-                # epochs), Ray's restored checkpoint, or the latest the index records (Ray's snapshot can lag it)
-                if epochs_done(Path(d)) > epochs_done(out):
-                    for name in CHECKPOINT_FILES:
-                        if (Path(d) / name).exists():
-                            shutil.copy2(Path(d) / name, out / name)
-        except (OSError, ValueError) as exc:  # gone (cleaned up): the next candidate, or from scratch
-            log.warning("trial %s: a checkpoint is unreadable (%s)", key, exc)
-    if epochs_done(out):
-        log.info("trial %s resumes after epoch %d", key, epochs_done(out))
+    candidates = resume_candidates(tune.get_checkpoint(), record)
+    if cfg.resources.parallel:  # W workers through Ray Train; rank 0 goes on from the candidates
+        from .parallel import run_workers
+
+        sampled = {k: v for k, v in config.items() if not k.startswith("_")}
+        run_workers(cfg, store, key, sampled, config.get("_seed"), (data_ref, teacher_ref, probe_ref), candidates)
+        return
+    data, teacher = fetch(data_ref), fetch(teacher_ref)
+    out = trial_workdir(store.uri, key)  # node-local, outside what Ray syncs as experiment state
+    # whichever is furthest along: this node's working folder (a driver killed before it saw the last epochs), Ray's
+    # restored checkpoint, or the latest the index records (Ray's snapshot can lag it)
+    restore_latest(out, candidates, key)
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}
     t_model, t_arch = teacher_from_shared(teacher) if teacher else (None, None)
     run_cfg = trial_run_config(cfg, sampled, str(out), teacher["path"] if teacher else None, config.get("_seed"))
@@ -309,12 +144,7 @@ def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
     prepared = prepare_run(run_cfg, splits=splits_from_shared(data), teacher=t_model, teacher_arch=t_arch)
     reporter = TuneReporter(out, extra)
     reporter.replay(backlog)
-    callbacks: list[Callback] = [reporter]
-    if cfg.probe is not None:
-        probe = ProbeCallback(
-            prepared.distiller.student, splits_from_shared(probe_data), cfg.probe, run_cfg.train.epochs, prepared.device
-        )
-        callbacks.insert(0, probe)
+    callbacks = trial_callbacks(reporter, cfg.probe, prepared, lambda: fetch(probe_ref), run_cfg.train.epochs)
     try:
         fit(prepared, callbacks)
         remove_trial_workdir(store.uri, key)  # everything it holds was reported (a retry restores from Ray)
