@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -218,15 +219,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(describe(dry_plan(load_study(args.study, overrides))))
         return EXIT_COMPLETE
     resume = resume_command("tune", args.study, args.set, args.data_root)
-    view = "quiet" if args.quiet else "ray" if args.ray_view else "live"
-    if view == "live":  # cktf's warnings and errors only on the terminal
-        from .tune.run.console import quiet_console
-
-        quiet_console()
-    try:
-        outcome = run_study(args.study, overrides, resume=args.resume, view=view, break_lock=args.break_lock).outcome
-    except KeyboardInterrupt:
-        print(f"cktf: interrupted; continue the study with: {resume}", file=sys.stderr)
+    run = partial(run_study, args.study, overrides, resume=args.resume, break_lock=args.break_lock)
+    outcome = _run_with_view(args, run, resume, "study")
+    if outcome is None:
         return EXIT_INCOMPLETE
     counts = ", ".join(f"{k} {v}" for k, v in outcome.counts.items() if v)
     name = outcome.study_dir.rstrip("/").rsplit("/", 1)[-1]
@@ -249,11 +244,95 @@ def cmd_tune(args: argparse.Namespace) -> int:
         first = next((t.record.get("error") for t in trials if t.record.get("error")), "")
         reason = (first or "").strip().splitlines()[-1:] or ["see the trials' errors in the trial index"]
         print(f"cktf: every trial failed, so the study has no result; the first error: {reason[0]}", file=sys.stderr)
+    return _exit_code(outcome, resume, "study")
+
+
+def _add_engine_args(p: argparse.ArgumentParser, what: str, dry_run: str) -> None:
+    """The flags ``cktf tune`` and ``cktf campaign`` share (one engine runs both)."""
+    p.add_argument("--resume", action="store_true", help=f"continue an interrupted {what} (nothing ended is redone)")
+    p.add_argument("--data-root", default=None, help="override data.root (a campaign's pairs' too)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (search.num_samples=4)")
+    p.add_argument("--quiet", action="store_true", help="only the final lines (no live view)")
+    p.add_argument("--verbose", dest="ray_view", action="store_true", help="Ray's own output instead of the live view")
+    p.add_argument("--break-lock", action="store_true", help=f"take over a {what} whose lock is stale")
+    p.add_argument("--dry-run", action="store_true", help=dry_run)
+
+
+def _run_with_view(args: argparse.Namespace, run: Any, resume: str, what: str) -> Any:
+    """``run(view=...)``'s outcome with the view the flags ask for (``--quiet``, ``--verbose``: Ray's, else the live
+    view with cktf's own warnings only on the terminal); None after Ctrl-C, said with the command that continues."""
+    view = "quiet" if args.quiet else "ray" if args.ray_view else "live"
+    if view == "live":
+        from .tune.run.console import quiet_console
+
+        quiet_console()
+    try:
+        return run(view=view).outcome
+    except KeyboardInterrupt:
+        print(f"cktf: interrupted; continue the {what} with: {resume}", file=sys.stderr)
+        return None
+
+
+def _exit_code(outcome: Any, resume: str, what: str) -> int:
+    """The exit code of a study or a campaign that ran: 4 every trial failed, 3 ended early (resumable), else 0."""
+    if outcome.status == "failed":
         return EXIT_ALL_FAILED
     if not outcome.complete:
-        print(f"cktf: the study ended early; continue it with: {resume}", file=sys.stderr)
+        print(f"cktf: the {what} ended early; continue it with: {resume}", file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_COMPLETE
+
+
+# ----------------------------------------------------------------------------- campaigns
+
+
+def _campaign_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--set`` values and ``--data-root`` (which sets every pair's own data root too)."""
+    from .tune.plan.load import read_yaml
+
+    out = parse_assignments(args.set or [])
+    if args.data_root:
+        out["data.root"] = args.data_root
+        for j, pair in enumerate(read_yaml(args.campaign, "campaign").get("pairs") or []):
+            if isinstance(pair, dict) and isinstance(pair.get("data"), dict):
+                out[f"pairs.{j}.data.root"] = args.data_root
+    return out
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    """Run, resume or cost a campaign (docs/campaigns.md); exit codes as ``cktf tune``'s."""
+    overrides = _campaign_overrides(args)
+    if args.dry_run:  # runs, images x epochs, FLOPs, GPU-hours; missing data or unfinished tuned studies are notes
+        from .campaign.cost import estimate, format_cost
+        from .campaign.plan import plan_campaign
+        from .campaign.schema import load_campaign
+        from .train.teacher_cache import TeacherCache
+
+        cfg = load_campaign(args.campaign, overrides)
+        plan = plan_campaign(cfg, progress=False, data="optional")
+        print(format_cost(estimate(plan, TeacherCache(cfg.cache_root))))
+        return EXIT_COMPLETE
+    from .api import run_campaign
+
+    resume = resume_command("campaign", args.campaign, args.set, args.data_root)
+    run = partial(
+        run_campaign, args.campaign, overrides, resume=args.resume, retry_failed=args.retry_failed,
+        break_lock=args.break_lock,
+    )  # fmt: skip
+    outcome = _run_with_view(args, run, resume, "campaign")
+    if outcome is None:
+        return EXIT_INCOMPLETE
+    counts = ", ".join(f"{k} {v}" for k, v in outcome.counts.items() if v)
+    name = outcome.campaign_dir.rstrip("/").rsplit("/", 1)[-1]
+    print(f"campaign {name}: {outcome.status} ({counts}; {outcome.ran} run here) in {outcome.wall_s:.0f}s")
+    print(f"table: {outcome.table_dir}/table.md (and .csv, .tex, .html; logged to the MLflow parent run)")
+    md = Path(outcome.table_dir or ".") / "table.md"
+    if not args.quiet and outcome.table_dir and md.exists():
+        print(md.read_text())
+    if outcome.status == "failed":
+        failed = "cktf: every run failed, so the campaign has no table; see the runs' errors in its index"
+        print(failed, file=sys.stderr)
+    return _exit_code(outcome, resume, "campaign")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -488,21 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="run a hyper-parameter study (Ray Tune + ASHA + Optuna, logged to MLflow)")
     p.add_argument("study", help="study YAML, e.g. studies/quickstart.yaml")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted study (finished trials are kept)")
-    p.add_argument("--data-root", default=None, help="override data.root of the study file")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study field (search.num_samples=4)")
-    p.add_argument("--quiet", action="store_true", help="only the final lines (no live view)")
-    p.add_argument("--verbose", dest="ray_view", action="store_true", help="Ray's own output instead of the live view")
+    _add_engine_args(p, "study", "check the study against its data, print its plan and cost; run nothing")
     p.add_argument("--i-mean-it", action="store_true", help="accept more than 2400 epochs or 1000 trials")
-    p.add_argument("--break-lock", action="store_true", help="take over a study whose lock is stale (refused if fresh)")
-    p.add_argument(
-        "--dry-run", action="store_true", help="check the study against its data, print its plan and cost; run nothing"
-    )
     p.set_defaults(func=cmd_tune)
 
-    from .campaign.cli import add_parser as add_campaign_parser
-
-    add_campaign_parser(sub)  # cktf campaign FILE (docs/campaigns.md)
+    p = sub.add_parser("campaign", help="run a campaign: pairs x methods x seeds, teachers trained once, the table")
+    p.add_argument("campaign", help="campaign YAML, e.g. studies/campaigns/offline.yaml")
+    _add_engine_args(p, "campaign", "print runs, images x epochs, FLOPs and GPU-hours; run nothing")
+    p.add_argument("--retry-failed", action="store_true", help="with --resume: run the failed runs again")
+    p.set_defaults(func=cmd_campaign)
 
     p = sub.add_parser("mlflow-sync", help="send MLflow what a study's trial index holds and MLflow missed")
     p.add_argument("study", help="study directory (local or s3://), study YAML or study name")

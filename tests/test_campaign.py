@@ -130,7 +130,7 @@ def test_overrides_index_lists_and_refuse_what_is_not_there():
 
 
 def test_cli_refuses_a_bad_campaign_before_anything_runs(tmp_path, capsys):
-    from cktf.campaign.cli import main
+    from cktf.cli import main
 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(offline_raw(tmp_path, "/nonexistent", **{"methods.3.params": {"nce_k": -3}})))
@@ -226,9 +226,9 @@ def test_teacher_cache_serves_verified_entries_and_retrains_corrupt_or_stale_one
 
 
 def test_a_resumed_campaign_keeps_its_teacher_when_only_the_code_changed(tmp_path):
-    from cktf.campaign.teachers import pinned
     from cktf.train import OptimConfig, TrainConfig
     from cktf.train.teacher_cache import TeacherCache, data_digest, teacher_key
+    from cktf.tune.run.teacher import pinned
 
     cache = TeacherCache(tmp_path / "teachers")
     digest = data_digest(_splits())
@@ -349,7 +349,7 @@ def test_table_formats(tmp_path):
 
 
 def test_dry_run_counts_runs_images_flops_and_gpu_hours(tmp_path, capsys):
-    from cktf.campaign.cli import main
+    from cktf.cli import main
 
     path = tmp_path / "offline.yaml"
     raw = yaml.safe_load(OFFLINE.read_text())

@@ -85,11 +85,11 @@ def test_a_local_study_listens_on_loopback_only_and_logs_no_secret(tmp_path, dat
     "entry",
     [
         "from cktf.cli import main; main(['campaign', 'missing.yaml'])",
-        "import runpy, sys; sys.argv = ['cktf.campaign', 'missing.yaml']; runpy.run_module('cktf.campaign', "
-        "run_name='__main__')",
         "from cktf.cli import main; main(['tune', 'missing.yaml'])",
+        "import runpy, sys; sys.argv = ['cktf', 'tune', 'missing.yaml']; runpy.run_module('cktf.cli', "
+        "run_name='__main__')",
     ],
-    ids=["cktf-campaign", "python-m-cktf.campaign", "cktf-tune"],
+    ids=["cktf-campaign", "cktf-tune", "python-m-cktf.cli"],
 )
 def test_every_entry_point_keeps_a_local_ray_on_loopback_before_ray_is_imported(tmp_path, entry):
     """Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, on import: each command sets it before anything it

@@ -5,18 +5,18 @@ engine runs as one grid stage of study trials (:mod:`cktf.tune.run`), each an ML
 seed) under the campaign's parent run; its teachers come from the content-addressed teacher cache
 (:mod:`cktf.train.teacher_cache`), and its table gives per cell the mean ± std over seeds with the published number
 beside it and per row a paired test against the best baseline. What only campaigns have lives here: :mod:`.schema`
-(the file), :mod:`.plan` (expansion into cells and runs, checks), :mod:`.cost` (the dry run), :mod:`.teachers` (one
-teacher per pair), :mod:`.run` (the grid stage and the table at the end), :mod:`.table`, :mod:`.render`,
-:mod:`.reference` and :mod:`.cli`; only :mod:`.run` uses Ray.
+(the file), :mod:`.plan` (expansion into cells and runs, checks), :mod:`.cost` (the dry run), :mod:`.run` (the grid
+stage and the table at the end), :mod:`.table`, :mod:`.render` and :mod:`.reference`; only :mod:`.run` uses Ray. Its
+teachers come from the teacher service (:func:`cktf.tune.run.teacher.obtain_teachers`), its command is ``cktf
+campaign`` (:mod:`cktf.cli`).
 """
 
 __all__ = ["CampaignConfig", "load_campaign"]
 
 
 def __getattr__(name: str):
-    """``CampaignConfig`` and ``load_campaign``, imported lazily: importing the package (``python -m cktf.campaign``)
-    must not import Ray before the entry point has kept a local Ray on loopback
-    (:func:`cktf.settings.keep_ray_local`)."""
+    """``CampaignConfig`` and ``load_campaign``, imported lazily: importing the package must not import Ray before
+    the entry point has kept a local Ray on loopback (:func:`cktf.settings.keep_ray_local`)."""
     if name in __all__:
         from . import schema
 

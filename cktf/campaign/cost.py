@@ -199,7 +199,7 @@ def estimate(plan: CampaignPlan, cache: Any = None) -> CostReport:
 
 def _teachers(plan: CampaignPlan, sizes: dict[str, Sizes], cache: Any) -> list[dict[str, Any]]:
     """One entry per distinct teacher to obtain: its pairs, FLOPs to train it and whether it must be trained."""
-    from .teachers import teacher_keys
+    from ..tune.run.teacher import teacher_keys
 
     keys = teacher_keys(plan) if all(n.data in plan.splits for n in plan.teachers.values()) else {}
     groups: dict[str, list[str]] = {}

@@ -19,7 +19,8 @@ from typing import Any
 from ..data import DataConfig, Splits
 from ..errors import CKTFError, ConfigError
 from ..tune.plan.schema import StudyConfig
-from .schema import ANCHOR_COLUMNS, CampaignConfig, MethodSpec, build_cell, slug, tuned_label
+from ..tune.results.anchors import anchor_column
+from .schema import CampaignConfig, MethodSpec, build_cell, slug, tuned_label
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def resolve_tuned(cfg: CampaignConfig, k: int) -> Column:
         label=label,
         slug=slug(label),
         distiller=distiller,
-        anchor=t.anchor if t.anchor is not None else ANCHOR_COLUMNS.get(distiller),
+        anchor=t.anchor if t.anchor is not None else anchor_column(distiller),
         tuned_pair=t.pair,
         source=study_dir,
         point={k2: v for k2, v in config.items() if k2 != "train.seed"},  # the campaign's seeds decide

@@ -1,10 +1,10 @@
-"""The field reference of a campaign file, generated from the schema (the study's generator,
-:func:`cktf.tune.plan.reference.field_rows`): ``docs/campaigns.md`` embeds it between two markers and a test keeps it
-current."""
+"""The field reference of a campaign file, generated from the schema by the study's generator
+(:mod:`cktf.tune.plan.reference`): ``docs/campaigns.md`` embeds it between two markers and a test keeps it current
+(``python -m cktf.campaign.reference`` rewrites it)."""
 
 from __future__ import annotations
 
-from ..tune.plan.reference import field_rows
+from ..tune.plan.reference import reference_markdown, update_between
 from .schema import CampaignConfig, CompareSpec, MethodSpec, PairSpec, TunedSpec
 
 BEGIN, END = "<!-- campaign-fields:begin (cktf.campaign.reference) -->", "<!-- campaign-fields:end -->"
@@ -13,35 +13,11 @@ LISTS = (("pairs", PairSpec), ("methods", MethodSpec), ("tuned", TunedSpec), ("t
 
 
 def campaign_markdown() -> str:
-    """One row per field (dotted paths as ``--set`` takes them; ``<i>`` indexes a list)."""
-    seen: dict[type, str] = {}
-    rows = field_rows(CampaignConfig, "", seen)
-    for name, model in LISTS:
-        at = next(i for i, r in enumerate(rows) if r[0] == name) + 1
-        rows[at:at] = field_rows(model, f"{name}.<i>.", seen)
-    lines = [BEGIN, "", "| field | type | default | what it is |", "|---|---|---|---|"]
-    for path, type_text, default, text in rows:
-        text = " ".join(text.split()).replace("|", "\\|")
-        lines.append(f"| `{path}` | {type_text} | {default} | {text} |")
-    lines += ["", END]
-    return "\n".join(lines) + "\n"
-
-
-__all__ = ["BEGIN", "END", "campaign_markdown", "update_docs"]
+    return reference_markdown(CampaignConfig, (BEGIN, END), LISTS)
 
 
 def update_docs(path: str = "docs/campaigns.md") -> bool:
-    """Rewrite the table between the markers of ``path``; True when it changed (``python -m
-    cktf.campaign.reference``)."""
-    from pathlib import Path
-
-    p = Path(path)
-    text = p.read_text()
-    a, b = text.index(BEGIN), text.index(END) + len(END)
-    new = text[:a] + campaign_markdown().rstrip("\n") + text[b:]
-    if new != text:
-        p.write_text(new)
-    return new != text
+    return update_between(path, (BEGIN, END), campaign_markdown())
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ def _share(ctx: RunContext, plan: CampaignPlan, pending: list) -> dict[str, Any]
     """Every distinct data the runs left need, and their pairs' teachers, in the object store once."""
     from ..train.teacher_cache import TeacherCache
     from ..tune.run.shared import shared_bytes, splits_to_shared
-    from .teachers import obtain_teachers
+    from ..tune.run.teacher import obtain_teachers
 
     ctx.write_state(stage="data")
     data = {}

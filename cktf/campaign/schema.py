@@ -19,44 +19,16 @@ from pydantic.json_schema import SkipJsonSchema
 
 from ..config import Config, lookup
 from ..data import DataConfig
-from ..distillers import SUPERVISED, objective
+from ..distillers import objective
 from ..errors import ConfigError
 from ..models import MODELS
 from ..settings import NAME, ResourceSpec, RunSettings
 from ..train.config import OptimConfig, TrainConfig
 from ..tune.plan.schema import StudyConfig
+from ..tune.results.anchors import anchor_column, anchor_fields
 
 #: what a cell's score is: test accuracy at the val-selected epoch, at the last epoch, or the best test epoch
 SCORES = ("selected", "last", "max_over_epochs")
-#: columns of the accuracy anchors (docs/algorithm.md §10) a method's published number is read from, by distiller
-ANCHOR_COLUMNS = {
-    SUPERVISED: "student_ce_acc",
-    "kd": "kd",
-    "crd": "crd",
-    "crd+kd": "crd_kd",
-    "cktf": "cktf",
-    "cktf+kd": "cktf_kd",
-    "reviewkd": "reviewkd",
-    "dkd": "dkd",
-    "dist": "dist",
-    "kd-ls": "kd_ls",
-    "dkd-ls": "dkd_ls",
-}
-#: the anchors' accuracy columns (the CSV's header, less dataset/teacher/student/source)
-ANCHOR_FIELDS = (
-    "teacher_acc",
-    "student_ce_acc",
-    "kd",
-    "crd",
-    "crd_kd",
-    "cktf",
-    "cktf_kd",
-    "reviewkd",
-    "dkd",
-    "dist",
-    "kd_ls",
-    "dkd_ls",
-)
 #: the most runs a campaign accepts without ``allow_large`` (a guard against a typo in ``seeds``)
 MAX_RUNS = 2000
 
@@ -122,7 +94,7 @@ class MethodSpec(Config):
     def anchor_column(self) -> str | None:
         if self.anchor is not None:
             return None if self.anchor == "none" else self.anchor
-        return ANCHOR_COLUMNS.get(self.distiller)
+        return anchor_column(self.distiller)
 
 
 class TunedSpec(Config):
@@ -260,8 +232,9 @@ class CampaignConfig(RunSettings):
                 raise ConfigError(f"tuned.{i}.label", f"{t.label!r} is a method's label", "give the tuned cell its own")
         _unique("seeds", [str(s) for s in self.seeds], "list each seed once")
         for i, m in enumerate(self.methods):
-            if m.anchor not in (None, "none") and m.anchor not in ANCHOR_FIELDS:
-                raise ConfigError(f"methods.{i}.anchor", f"unknown column {m.anchor!r}", f"use one of {ANCHOR_FIELDS}")
+            if m.anchor not in (None, "none") and m.anchor not in anchor_fields():
+                fields = ", ".join(anchor_fields())
+                raise ConfigError(f"methods.{i}.anchor", f"unknown column {m.anchor!r}", f"use one of {fields}")
         for j, pair in enumerate(self.pairs):
             lookup(f"pairs.{j}.student", MODELS.get, pair.student)
             if pair.teacher and pair.teacher_checkpoint:
@@ -400,7 +373,6 @@ def campaign_json_schema() -> dict[str, Any]:
 
 
 __all__ = [
-    "ANCHOR_COLUMNS",
     "SCORES",
     "CampaignConfig",
     "CompareSpec",

@@ -97,11 +97,35 @@ def field_rows(
     return rows
 
 
-def schema_markdown() -> str:
-    """The reference table (one row per field, dotted paths as ``--set`` takes them)."""
-    lines = [BEGIN, "", "| field | type | default | what it is |", "|---|---|---|---|"]
-    for path, type_text, default, text in field_rows(StudyConfig):
+def reference_markdown(model: type[BaseModel], markers: tuple[str, str], lists: tuple = ()) -> str:
+    """The reference table of a file kind between its two markers: one row per field, dotted paths as ``--set`` takes
+    them; ``lists``: ``(field, model)`` of the list fields whose entries are sections of their own (``<i>``)."""
+    seen: dict[type, str] = {}
+    rows = field_rows(model, "", seen)
+    for name, sub in lists:
+        at = next(i for i, r in enumerate(rows) if r[0] == name) + 1
+        rows[at:at] = field_rows(sub, f"{name}.<i>.", seen)
+    lines = [markers[0], "", "| field | type | default | what it is |", "|---|---|---|---|"]
+    for path, type_text, default, text in rows:
         text = " ".join(text.split()).replace("|", "\\|")
         lines.append(f"| `{path}` | {type_text} | {default} | {text} |")
-    lines += ["", END]
+    lines += ["", markers[1]]
     return "\n".join(lines) + "\n"
+
+
+def schema_markdown() -> str:
+    """The study file's reference table (docs/studies.md)."""
+    return reference_markdown(StudyConfig, (BEGIN, END))
+
+
+def update_between(path: str, markers: tuple[str, str], table: str) -> bool:
+    """Rewrite what lies between the markers of the file ``path`` with ``table``; True when it changed."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text()
+    a, b = text.index(markers[0]), text.index(markers[1]) + len(markers[1])
+    new = text[:a] + table.rstrip("\n") + text[b:]
+    if new != text:
+        p.write_text(new)
+    return new != text

@@ -24,6 +24,20 @@ def anchor_row(dataset: str, teacher: str | None, student: str) -> dict[str, str
 ANCHOR_KEYS = ("dataset", "teacher", "student", "source")
 
 
+def anchor_fields() -> tuple[str, ...]:
+    """The accuracy columns of ``accuracy-anchors.csv`` (its header less :data:`ANCHOR_KEYS`)."""
+    header = next(iter(_resource_rows("accuracy-anchors.csv")))
+    return tuple(k for k in header if k not in ANCHOR_KEYS)
+
+
+def anchor_column(distiller: str) -> str | None:
+    """The column holding a method's published number: the student trained alone (``ce``) is ``student_ce_acc``,
+    any other method, preset or combination its name with ``+``/``-`` as ``_`` (``crd+kd`` -> ``crd_kd``,
+    ``kd-ls`` -> ``kd_ls``); None when the CSV has no such column."""
+    column = "student_ce_acc" if distiller == "ce" else distiller.replace("+", "_").replace("-", "_")
+    return column if column in anchor_fields() else None
+
+
 def anchor_sources() -> dict[str, str]:
     """Where an accuracy column's numbers come from when not from its row's ``source`` (``accuracy-sources.csv``:
     the columns added from other papers than the row's, docs/algorithm.md §10)."""

@@ -30,14 +30,16 @@ class Published:
     model_uri: str = ""  # the registered champion (models:/NAME@champion)
 
 
-def publish_study(results: StudyResults, client: Any, parent_id: str, tracking_uri: str, splits: Any, status: str):
-    """Export, report and publish a complete study (see the module docstring); ``splits``: the study's data, for
+def publish_study(results: StudyResults, client: Any, parent: Any, splits: Any, status: str):
+    """Export, report and publish a complete study (see the module docstring); ``parent``: its MLflow parent run
+    (a :class:`~.lineage.ParentRun`: tracking store and run id); ``splits``: the study's data, for
     the test split's single read (``None``: not read); ``status``: the one the study ends with (``complete``, or
     ``failed`` when every trial failed), written in ``student.json`` as every route gives it."""
     from .export import BEST_DIR, BEST_FILE, student_info, write_student
     from .report import write_report
 
     store, pick = results.store, results.pick()
+    parent_id, tracking_uri = parent.parent_run_id, parent.tracking_uri
     best_dir = None
     if pick is not None:
         write_state(store, stage="export")

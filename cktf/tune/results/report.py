@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .anchors import anchor_row
+from .compare import comparisons, method_ranking
 from .mlflow_runs import run_name
 from .reader import (
     FINISHED,
@@ -94,7 +95,7 @@ def summarize(study: Any, top_k: int = 10) -> dict[str, Any]:
     meta = _study_meta(results)
     rows = [row(t) for t in results.ranked()]
     pick, baseline = results.pick(), results.baseline()
-    methods = results.method_ranking()
+    methods = method_ranking(results)
     if methods:  # one baseline per method: the methods table shows each
         baseline = None
     teacher = (meta.get("teacher") or {}).get("arch")
@@ -135,7 +136,7 @@ def summarize(study: Any, top_k: int = 10) -> dict[str, Any]:
         "binomial_se": se,
         "confirmation": confirmation,
         "confirmed_gain": _diff(gain) if gain else None,
-        "comparisons": [{**c, "diff": _diff(c["diff"])} for c in results.comparisons()],
+        "comparisons": [{**c, "diff": _diff(c["diff"])} for c in comparisons(results)],
         "methods": [{**m, "vs_best": _diff(m["vs_best"]) if m["vs_best"] else None} for m in methods],
         "final_test": results.state.get("final_test"),
         "finished_trials": finished,

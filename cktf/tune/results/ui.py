@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -199,35 +200,36 @@ def parent_note(experiment_id: str, top: int | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def publish_views(
-    client: Any,
-    experiment_id: str,
-    parent_run_id: str | None,
-    names: list[str],
-    mode: str = "max",
-    *,
-    numeric: Iterable[str] = (),
-    top: int | None = None,
-    threshold: float | None = None,
-) -> None:
+@dataclass(frozen=True)
+class StudyViews:
+    """What the study's saved views show: ``names``, the searched parameters; ``mode``, the study's (``max``: best
+    score first); ``numeric``, the names whose values are numbers (a scatter plot each); ``top`` and ``threshold``,
+    the top view's size and the score its trials reach (``None``: the top view lists every search trial, as before
+    any trial has a score)."""
+
+    names: list[str]
+    mode: str = "max"
+    numeric: tuple[str, ...] = ()
+    top: int | None = None
+    threshold: float | None = None
+
+
+def publish_views(client: Any, experiment_id: str, parent_run_id: str | None, views: StudyViews) -> None:
     """Store the study's saved views in its experiment (the tags ``mlflow.sharedViewState.cktf-trials`` and
     ``...cktf-top``) and the links to them as the parent run's description (unless a person wrote one).
 
-    ``client``: an MLflow client, or cktf's ``Tracking`` wrapper (``set_experiment_tag``, ``set_tag``, ``get_run``);
-    ``names``: the searched parameters; ``mode``: the study's (``max``: best score first); ``numeric``: the names
-    whose values are numbers (a scatter plot each); ``top``/``threshold``: the top view's size and the score its
-    trials reach (``None``: the top view lists every search trial, as before any trial has a score). Rewrites the
-    views each time."""
-    numeric = [n for n in numeric if n in names]
+    ``client``: an MLflow client, or cktf's ``Tracking`` wrapper (``set_experiment_tag``, ``set_tag``, ``get_run``).
+    Rewrites the views each time."""
+    names, mode = views.names, views.mode
+    numeric = [n for n in views.numeric if n in names]
     trials = view_state(names, mode, None, numeric)
     client.set_experiment_tag(
         experiment_id, SHARED_VIEW_PREFIX + TRIALS_VIEW, envelope(f"cktf: trials by {SCORE}", trials)
     )
-    ranked = top if threshold is not None else None
-    label = f"cktf: top {top} trials and the defaults" if ranked else "cktf: top trials (every trial so far)"
-    client.set_experiment_tag(
-        experiment_id, SHARED_VIEW_PREFIX + TOP_VIEW, envelope(label, view_state(names, mode, threshold, numeric))
-    )
+    ranked = views.top if views.threshold is not None else None
+    label = f"cktf: top {views.top} trials and the defaults" if ranked else "cktf: top trials (every trial so far)"
+    top_state = view_state(names, mode, views.threshold, numeric)
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + TOP_VIEW, envelope(label, top_state))
     if parent_run_id:
         run = client.get_run(parent_run_id)
         note = (getattr(getattr(run, "data", None), "tags", None) or {}).get(NOTE_TAG)
@@ -308,16 +310,8 @@ def publish_study_views(client: Any, results: Any, top: int = 5) -> bool:
         if str(getattr(getattr(run, "info", None), "experiment_id", "")) != str(exp):
             return False
         names = searched_names(results)
-        publish_views(
-            client,
-            str(exp),
-            parent,
-            names,
-            results.mode,
-            numeric=numeric_names(results, names),
-            top=top,
-            threshold=top_threshold(results, top),
-        )
+        views = StudyViews(names, results.mode, tuple(numeric_names(results, names)), top, top_threshold(results, top))
+        publish_views(client, str(exp), parent, views)
     except Exception as exc:  # the views are a convenience: never fail a study or the UI for them
         log.warning("the study's MLflow views were not stored: %s", str(exc).splitlines()[0][:300] if str(exc) else exc)
         return False
@@ -361,6 +355,7 @@ __all__ = [
     "model_url",
     "publish_study_views",
     "publish_to_store",
+    "StudyViews",
     "publish_views",
     "run_url",
     "searched_names",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,6 @@ from ...registry import import_plugins
 from ..plan.schema import StudyConfig
 from ..results.reader import FAILURE_KEY
 from ..results.scratch import remove_trial_workdir, trial_workdir
-from ..results.store import StudyStore
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +44,33 @@ def checkpoint_fs_name(storage: str) -> str:
     return {"s3": "S3FileSystem", "gs": "GcsFileSystem"}.get(scheme, "LocalFileSystem")
 
 
-def run_workers(
-    cfg: StudyConfig,
-    store: StudyStore,
-    key: str,
-    sampled: dict[str, Any],
-    seed: int | None,
-    refs: tuple[Any, Any, Any],
-    resume: list[Any],
-) -> None:
-    """Run the trial ``key`` as a data-parallel job of ``cfg.resources.workers`` workers and wait for it. ``refs``:
-    object references to the data, the teacher and the probe data; ``resume``: checkpoints the trial may go on from
-    (Tune's restored one, the index's latest), read by rank 0."""
+@dataclass(frozen=True)
+class TrialJob:
+    """One data-parallel trial, as its workers receive it: the study, its store's URI, the trial's key in the index,
+    its sampled values and seed (a confirmation run's), object references to the data, the teacher and the probe
+    data, and the checkpoints it may go on from (Tune's restored one, the index's latest), read by rank 0."""
+
+    study: StudyConfig
+    store: str
+    key: str
+    sampled: dict[str, Any]
+    seed: int | None
+    refs: tuple[Any, Any, Any]
+    resume: list[Any]
+
+
+def run_workers(job: TrialJob) -> None:
+    """Run the trial as a data-parallel job of ``resources.workers`` workers and wait for it."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    cfg = job.study
     r = cfg.resources
-    storage = cfg.ray_storage.rstrip("/") + "/" + cfg.name + WORKERS_SUFFIX
+    storage = workers_storage(cfg)
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={
-            "study": cfg,
-            "store": store.uri,
-            "key": key,
-            "sampled": sampled,
-            "seed": seed,
-            "refs": refs,
-            "resume": resume,
-            "storage": storage,
-        },
+        train_loop_config={"job": job},
         torch_config=TorchConfig(backend="nccl" if r.gpu_per_worker else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.workers,
@@ -81,7 +78,7 @@ def run_workers(
             resources_per_worker={"CPU": r.cpu_per_worker, **({"GPU": r.gpu_per_worker} if r.gpu_per_worker else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=key,
+            name=job.key,
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
@@ -89,6 +86,11 @@ def run_workers(
         ),
     )
     trainer.fit()
+
+
+def workers_storage(cfg: StudyConfig) -> str:
+    """Where Ray Train keeps the study's data-parallel runs (their checkpoints): beside its trials' experiment."""
+    return cfg.ray_storage.rstrip("/") + "/" + cfg.name + WORKERS_SUFFIX
 
 
 def worker_loop(c: dict[str, Any]) -> None:
@@ -102,25 +104,26 @@ def worker_loop(c: dict[str, Any]) -> None:
     from .shared import splits_from_shared, teacher_from_shared
     from .trial import TrainReporter, epochs_done, restore_latest, trial_callbacks, trial_run_config
 
-    cfg: StudyConfig = c["study"]
+    job: TrialJob = c["job"]
+    cfg = job.study
     import_plugins(cfg.plugins)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     lead = rank == 0
     torch.set_num_threads(max(1, int(cfg.resources.cpu_per_worker)))
-    data_ref, teacher_ref, probe_ref = c["refs"]
+    data_ref, teacher_ref, probe_ref = job.refs
     data = ray.get(data_ref)  # one copy per node in the object store, zero-copy here
     teacher = ray.get(teacher_ref) if teacher_ref is not None else None
-    key, store_uri = c["key"], c["store"]
+    key, store_uri = job.key, job.store
     if lead:
         out = trial_workdir(store_uri, key)
         for name in list(out.iterdir()):  # only what was reported counts: the candidates below hold it
             if name.is_file():
                 name.unlink()
-        restore_latest(out, [ray.train.get_checkpoint(), *c["resume"]], key)
+        restore_latest(out, [ray.train.get_checkpoint(), *job.resume], key)
     else:
         out = Path(tempfile.mkdtemp(prefix="cktf-worker-"))  # never written: rank 0 alone writes
-    run_cfg = trial_run_config(cfg, c["sampled"], str(out), teacher["path"] if teacher else None, c["seed"])
+    run_cfg = trial_run_config(cfg, job.sampled, str(out), teacher["path"] if teacher else None, job.seed)
     t_model, t_arch = teacher_from_shared(teacher) if teacher else (None, None)
     prepared = prepare_run(run_cfg, splits=splits_from_shared(data), teacher=t_model, teacher_arch=t_arch)
     nodes = _worker_nodes(prepared.dist)
@@ -130,7 +133,7 @@ def worker_loop(c: dict[str, Any]) -> None:
         "cktf/worker_nodes": ",".join(nodes),
         "cktf/gpu_share": float(cfg.resources.gpu_per_worker),
         "cktf/start_epoch": float(epochs_done(out)) if lead else 0.0,
-        "cktf/checkpoint_fs": checkpoint_fs_name(c["storage"]),
+        "cktf/checkpoint_fs": checkpoint_fs_name(workers_storage(cfg)),
     }
     reporter = TrainReporter(out, extra, lead)
     probe = cfg.probe if lead else None  # rank 0 probes; its report is the one relayed
@@ -162,4 +165,4 @@ def _worker_nodes(dist: DistContext) -> list[str]:
     return [str(n) for n in nodes]
 
 
-__all__ = ["WORKERS_SUFFIX", "checkpoint_fs_name", "run_workers", "worker_loop"]
+__all__ = ["WORKERS_SUFFIX", "TrialJob", "checkpoint_fs_name", "run_workers", "worker_loop", "workers_storage"]

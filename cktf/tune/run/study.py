@@ -388,7 +388,7 @@ def finish_study(ctx: RunContext, plan: StudyPlan, complete: bool, interrupted: 
     status = ("failed" if results.all_failed() else "complete") if complete else "incomplete"
     published = Published()
     if complete:
-        published = publish_study(results, client, parent_id, cfg.mlflow.tracking_uri, plan.splits, status)
+        published = publish_study(results, client, ctx.parent, plan.splits, status)
     else:
         withdraw_best(client, parent_id)
     publish_study_views(client, results)  # the final top N and the defaults

@@ -113,10 +113,11 @@ def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
     record = TrialIndex(store).get(key)
     candidates = resume_candidates(tune.get_checkpoint(), record)
     if cfg.resources.parallel:  # W workers through Ray Train; rank 0 goes on from the candidates
-        from .parallel import run_workers
+        from .parallel import TrialJob, run_workers
 
         sampled = {k: v for k, v in config.items() if not k.startswith("_")}
-        run_workers(cfg, store, key, sampled, config.get("_seed"), (data_ref, teacher_ref, probe_ref), candidates)
+        refs = (data_ref, teacher_ref, probe_ref)
+        run_workers(TrialJob(cfg, store.uri, key, sampled, config.get("_seed"), refs, candidates))
         return
     data, teacher = fetch(data_ref), fetch(teacher_ref)
     out = trial_workdir(store.uri, key)  # node-local, outside what Ray syncs as experiment state
