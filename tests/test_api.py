@@ -52,3 +52,46 @@ def test_the_api_refuses_a_bad_study_before_anything_runs(tmp_path):
         )
     assert err.value.field == "search.space.tua" and "did you mean tau?" in err.value.problem
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("kind", ["study", "campaign"])
+def test_a_resume_merges_the_set_values_it_started_with_and_the_new_ones(tmp_path, kind):
+    """The one rule (docs/studies.md, "--resume and --set"), for both kinds through the one entry of the engine: the
+    values a run started with stay, those given again replace theirs, new ones are added; --resume alone changes
+    nothing. Checked on the run's settings as the engine enters it (nothing trains)."""
+    import json
+
+    from helpers import tiny_study
+    from test_campaign import offline_raw
+
+    from cktf.api import _enter
+    from cktf.campaign.schema import CampaignConfig
+    from cktf.tune.plan import StudyConfig
+    from cktf.tune.run.context import RunOptions
+
+    if kind == "study":
+        cls, raw = StudyConfig, tiny_study(tmp_path, Path("/nonexistent"), name="resumed")
+        started = {"search.num_samples": 4, "max_concurrent": 1}
+    else:
+        cls, raw = CampaignConfig, offline_raw(tmp_path, "/nonexistent")
+        started = {"seeds": [0], "max_concurrent": 1}
+    folder = Path(raw["workdir"]) / raw["name"]
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"status": "incomplete", "overrides": started}))
+
+    def settings(given: dict) -> tuple:
+        ctx = _enter(cls, raw, RunOptions(view="quiet", resume=True, overrides=given))
+        try:
+            return ctx.settings, dict(ctx.options.overrides)
+        finally:
+            ctx.__exit__(None, None, None)
+
+    cfg, used = settings({"max_concurrent": 2, "max_failures": 5})
+    assert used == {**started, "max_concurrent": 2, "max_failures": 5}
+    assert (cfg.max_concurrent, cfg.max_failures) == (2, 5)
+    if kind == "study":
+        assert cfg.search.num_samples == 4  # kept from the start
+    else:
+        assert cfg.seeds == [0]
+    cfg, used = settings({})  # --resume alone: exactly as it started
+    assert used == started and cfg.max_concurrent == 1

@@ -9,8 +9,9 @@ variables the file declares under ``env:`` and a small documented set (``CKTF_*`
 from someone else cannot read ``${AWS_SECRET_ACCESS_KEY}``. Values read from the environment are logged in their
 ``${VAR}`` form, never expanded (:meth:`~cktf.settings.RunSettings.logged`).
 
-``--set`` on ``--resume`` (:func:`resume_overrides`, docs/studies.md "Resuming"): the values the run was started
-with are kept, and those given again replace theirs; the merged set is what the run records and reuses next time.
+``--set`` on ``--resume`` (:func:`resume_overrides`, docs/studies.md, "--resume and --set"): the values the run was
+started with are kept, and those given again replace theirs; the merged set is what the run records and reuses next
+time.
 """
 
 from __future__ import annotations

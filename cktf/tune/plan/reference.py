@@ -103,8 +103,8 @@ def reference_markdown(model: type[BaseModel], markers: tuple[str, str], lists: 
     seen: dict[type, str] = {}
     rows = field_rows(model, "", seen)
     for name, sub in lists:
-        at = next(i for i, r in enumerate(rows) if r[0] == name) + 1
-        rows[at:at] = field_rows(sub, f"{name}.<i>.", seen)
+        pos = next(i for i, r in enumerate(rows) if r[0] == name) + 1
+        rows[pos:pos] = field_rows(sub, f"{name}.<i>.", seen)
     lines = [markers[0], "", "| field | type | default | what it is |", "|---|---|---|---|"]
     for path, type_text, default, text in rows:
         text = " ".join(text.split()).replace("|", "\\|")

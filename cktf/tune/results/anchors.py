@@ -31,11 +31,12 @@ def anchor_fields() -> tuple[str, ...]:
 
 
 def anchor_column(distiller: str) -> str | None:
-    """The column holding a method's published number: the student trained alone (``ce``) is ``student_ce_acc``,
-    any other method, preset or combination its name with ``+``/``-`` as ``_`` (``crd+kd`` -> ``crd_kd``,
-    ``kd-ls`` -> ``kd_ls``); None when the CSV has no such column."""
-    column = "student_ce_acc" if distiller == "ce" else distiller.replace("+", "_").replace("-", "_")
-    return column if column in anchor_fields() else None
+    """The column holding a method's published number: its name with ``+``/``-`` as ``_`` (``crd+kd`` ->
+    ``crd_kd``, ``kd-ls`` -> ``kd_ls``), or ``student_<name>_acc`` where the CSV names it so (the student trained
+    alone: ``student_ce_acc``); None when the CSV has no such column."""
+    name = distiller.replace("+", "_").replace("-", "_")
+    fields = anchor_fields()
+    return next((c for c in (name, f"student_{name}_acc") if c in fields), None)
 
 
 def anchor_sources() -> dict[str, str]:

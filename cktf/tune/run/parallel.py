@@ -152,15 +152,15 @@ def worker_loop(c: dict[str, Any]) -> None:
         remove_trial_workdir(store_uri, key)  # everything it holds was reported
 
 
-def _worker_nodes(dist: DistContext) -> list[str]:
+def _worker_nodes(ctx: DistContext) -> list[str]:
     """The node of every worker, in rank order (one all-gather of strings at the start)."""
     import ray
     import torch.distributed as td
 
     node = ray.get_runtime_context().get_node_id()
-    if not dist.active:
+    if not ctx.active:
         return [node]
-    nodes: list[Any] = [None] * dist.world_size
+    nodes: list[Any] = [None] * ctx.world_size
     td.all_gather_object(nodes, node)
     return [str(n) for n in nodes]
 
