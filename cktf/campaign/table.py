@@ -187,7 +187,11 @@ def build_table(
     columns = plan.labels
     cells: dict[tuple[str, str], Cell] = {}
     rows: list[PairRow] = []
-    notes: list[str] = [f"score: {SCORE_TEXT[score]}; mean ± sample std over seeds, n = finished seeds"]
+    notes: list[str] = [
+        f"cells (table.score: {score}): {SCORE_TEXT[score]}, each run's `{SCORE_METRIC}` in MLflow; mean ± sample std "
+        "over seeds, n = finished seeds. A run's `score` in the live view and MLflow is what selects its epoch (its "
+        "validation accuracy there), not a test accuracy"
+    ]
     any_published = False
     for p in cfg.pairs:
         data = cfg.pair_data(p)
