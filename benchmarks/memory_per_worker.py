@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cktf.distillers import DistillContext, build_distiller, objective  # noqa: E402
-from cktf.losses.contrastive import ContrastMemory, ContrastQueue, contrast_memory_bytes  # noqa: E402
+from cktf.losses.contrastive import built_memory_bytes, contrast_memory_bytes  # noqa: E402
 from cktf.models import create_model  # noqa: E402
 
 #: (setting, teacher, student, N_data, classes, image size): CIFAR-100's train split, ImageNet-1k's
@@ -40,13 +40,7 @@ def built_bytes(teacher: str, student: str, n: int, classes: int, size: int, par
     before = _rss_mib()
     ctx = DistillContext(num_classes=classes, num_train_samples=n, image_size=size)
     d = build_distiller("cktf", create_model(student, classes), create_model(teacher, classes), params, ctx)
-    mems = [m for m in d.modules() if isinstance(m, ContrastMemory | ContrastQueue)]
-    total = sum(
-        getattr(m, b).numel() * getattr(m, b).element_size()
-        for m in mems
-        for b in ("memory_s", "memory_t", "queue_s", "queue_t")
-        if hasattr(m, b)
-    )
+    total = built_memory_bytes(d)
     grown = _rss_mib() - before
     del d
     return total, grown

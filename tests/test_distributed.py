@@ -30,7 +30,7 @@ from cktf.data import BatchLoader, ContrastConfig, DataConfig, load_splits
 from cktf.distillers import DistillContext, build_distiller, objective
 from cktf.distributed import DistContext, SyncBatchNorm, convert_sync_batchnorm, launch, shard_bounds
 from cktf.errors import ConfigError
-from cktf.losses import ContrastMemory, ContrastQueue, contrast_memory_bytes
+from cktf.losses import ContrastQueue, built_memory_bytes, contrast_memory_bytes
 from cktf.models import create_model
 from cktf.train import OptimConfig, RunConfig, TrainConfig, fit, prepare_run
 from cktf.train.engine import train_step
@@ -421,13 +421,7 @@ def test_memory_estimate_matches_the_built_tensors():
     ):
         torch.manual_seed(0)
         d = build_distiller(name, create_model("resnet8", 10), create_model("resnet14", 10), params, ctx)
-        mems = [m for m in d.modules() if isinstance(m, ContrastMemory | ContrastQueue)]
-        actual = sum(
-            getattr(m, b).numel() * getattr(m, b).element_size()
-            for m in mems
-            for b in ("memory_s", "memory_t", "queue_s", "queue_t")
-            if hasattr(m, b)
-        )
+        actual = built_memory_bytes(d)
         n_stages = len(d.student.feature_info) - 1
         assert objective(name).memory_bytes(params, n, n_stages) == actual, name
     assert contrast_memory_bytes("bank", 128, 45_000, 16_384, critics=5) == 45_000 * 128 * 4 * 2 * 5

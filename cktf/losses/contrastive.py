@@ -382,3 +382,14 @@ def check_scoring(scoring: str) -> str:
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
     return scoring
+
+
+def built_memory_bytes(module: nn.Module) -> int:
+    """The bytes of both sides' buffers (``compact_buffers``) of every contrastive memory, bank or queue, built inside
+    ``module``: what :func:`contrast_memory_bytes` computes, measured on the tensors."""
+    return sum(
+        getattr(m, name).numel() * getattr(m, name).element_size()
+        for m in module.modules()
+        if isinstance(m, ContrastMemory | ContrastQueue)
+        for name in m.compact_buffers
+    )
